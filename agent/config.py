@@ -1,0 +1,417 @@
+"""Load and validate the one TOML file that configures both the agent and the reporter.
+
+The agent reads [agent], [store] and [[sources]]; the reporter reads [store], [report] and
+[email]. Every key is checked here, so that a typo or a bad value stops the program at start-up
+with a message naming the file, the key, the value and what is expected (exit status 78,
+EX_CONFIG), instead of failing later in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from . import routes as routes_module
+from .schema import SAFE_NAME
+
+EX_CONFIG = 78
+SOURCE_KINDS = ("access_log", "postfix")
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class ConfigError(Exception):
+    """An invalid configuration: permanent, retrying cannot help."""
+
+    def __init__(self, path: str, key: str, message: str):
+        self.path = path
+        self.key = key
+        super().__init__(f"{path}: {key}: {message}" if key else f"{path}: {message}")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host_id: str
+    state_dir: str
+    max_batch_bytes: int = 8 * MIB
+    flush_interval_s: float = 5.0
+    max_line_bytes: int = 64 * KIB
+    max_spool_bytes: int = 1024 * MIB
+    read_chunk_bytes: int = 4 * MIB
+    fingerprint_bytes: int = 1024
+    rescan_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str
+    endpoint_override: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    kind: str
+    paths: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    log_format: str = "combined"
+    routes: tuple[routes_module.Route, ...] = ()
+    timezone: str = "UTC"
+    message_id_pattern: str | None = None
+    envelope_sender_pattern: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    timezone: str = "UTC"
+    output_dir: str = "reports"
+    lookback_days: int = 30
+
+
+@dataclass(frozen=True)
+class EmailConfig:
+    smtp_host: str
+    smtp_port: int = 587
+    security: str = "starttls"
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    sender: str = ""
+    to: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    agent: AgentConfig
+    store: StoreConfig
+    sources: tuple[SourceConfig, ...]
+    report: ReportConfig
+    email: EmailConfig | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise ConfigError naming the key on any problem."""
+    path = str(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found; pass --config with the path of a TOML file "
+                          "(config.example.toml documents every option)") from None
+    except PermissionError:
+        raise ConfigError(path, "", "permission denied; the service user needs read access") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"invalid TOML: {exc}") from None
+
+    reader = _Reader(path)
+    reader.only_keys(data, "", ("agent", "store", "sources", "report", "email"))
+    config = Config(
+        path=path,
+        agent=_agent(reader, data.get("agent", {})),
+        store=_store(reader, data.get("store")),
+        sources=_sources(reader, data.get("sources")),
+        report=_report(reader, data.get("report", {})),
+        email=_email(reader, data.get("email")),
+        raw=data,
+    )
+    return config
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name the file and the full key."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.path, key, message)
+
+    def table(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {value!r}")
+        return value
+
+    def only_keys(self, table: dict[str, Any], prefix: str, allowed: tuple[str, ...]) -> None:
+        for name in table:
+            if name not in allowed:
+                key = f"{prefix}.{name}" if prefix else name
+                raise self.fail(key, f"unknown key; expected one of: {', '.join(allowed)}")
+
+    def string(self, table: dict[str, Any], prefix: str, name: str, default: str | None = None,
+               *, required: bool = False, choices: tuple[str, ...] = ()) -> str | None:
+        key = f"{prefix}.{name}"
+        if name not in table:
+            if required:
+                raise self.fail(key, "missing; this key is required")
+            return default
+        value = table[name]
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise self.fail(key, f"invalid value {value!r}; expected one of: {', '.join(choices)}")
+        return value
+
+    def number(self, table: dict[str, Any], prefix: str, name: str, default: float, *,
+               minimum: float, maximum: float, integer: bool = True) -> Any:
+        key = f"{prefix}.{name}"
+        if name not in table:
+            return default
+        value = table[name]
+        valid_type = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not valid_type:
+            kind = "an integer" if integer else "a number"
+            raise self.fail(key, f"expected {kind}, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise self.fail(key, f"value {value!r} out of range; expected {minimum} to {maximum}")
+        return value
+
+    def string_list(self, table: dict[str, Any], prefix: str, name: str,
+                    default: tuple[str, ...] = (), *, required: bool = False) -> tuple[str, ...]:
+        key = f"{prefix}.{name}"
+        if name not in table:
+            if required:
+                raise self.fail(key, "missing; this key is required")
+            return default
+        value = table[name]
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, f"expected a list of non-empty strings, got {value!r}")
+        if required and not value:
+            raise self.fail(key, "expected at least one entry, got an empty list")
+        return tuple(value)
+
+    def timezone(self, table: dict[str, Any], prefix: str, name: str, default: str) -> str:
+        value = self.string(table, prefix, name, default)
+        assert value is not None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise self.fail(f"{prefix}.{name}", f"unknown time zone {value!r}; expected an IANA "
+                            "name such as 'UTC' or 'Europe/Paris'") from None
+        return value
+
+    def regex(self, table: dict[str, Any], prefix: str, name: str,
+              groups: tuple[str, ...] = ()) -> str | None:
+        value = self.string(table, prefix, name)
+        if value is None:
+            return None
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise self.fail(f"{prefix}.{name}", f"invalid regular expression {value!r}: {exc}") from None
+        unknown = set(compiled.groupindex) - set(groups) if groups else set()
+        if unknown:
+            raise self.fail(f"{prefix}.{name}", f"unknown named group(s) {sorted(unknown)} in "
+                            f"{value!r}; expected names from: {', '.join(groups)}")
+        return value
+
+
+def _default_host_id() -> str:
+    # The hostname becomes part of store file names, so keep only safe characters.
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]) or "host"
+    return name[:64]
+
+
+def _agent(reader: _Reader, table: Any) -> AgentConfig:
+    table = reader.table(table, "agent")
+    reader.only_keys(table, "agent", ("host_id", "state_dir", "max_batch_bytes",
+                                      "flush_interval_s", "max_line_bytes", "max_spool_bytes",
+                                      "read_chunk_bytes", "fingerprint_bytes", "rescan_interval_s"))
+    host_id = reader.string(table, "agent", "host_id") or _default_host_id()
+    if not SAFE_NAME.match(host_id):
+        raise reader.fail("agent.host_id", f"invalid value {host_id!r}; expected 1-64 characters "
+                          "of letters, digits, '_', '.' or '-', starting with a letter or digit")
+    state_dir = reader.string(table, "agent", "state_dir", "/var/lib/clicktrail")
+    assert state_dir is not None
+    return AgentConfig(
+        host_id=host_id,
+        state_dir=_relative_to_config(reader.path, state_dir),
+        max_batch_bytes=reader.number(table, "agent", "max_batch_bytes", 8 * MIB,
+                                      minimum=64 * KIB, maximum=1024 * MIB),
+        flush_interval_s=reader.number(table, "agent", "flush_interval_s", 5.0, minimum=0.1,
+                                       maximum=3600, integer=False),
+        max_line_bytes=reader.number(table, "agent", "max_line_bytes", 64 * KIB,
+                                     minimum=1 * KIB, maximum=16 * MIB),
+        max_spool_bytes=reader.number(table, "agent", "max_spool_bytes", 1024 * MIB,
+                                      minimum=1 * MIB, maximum=1024 * 1024 * MIB),
+        read_chunk_bytes=reader.number(table, "agent", "read_chunk_bytes", 4 * MIB,
+                                       minimum=64 * KIB, maximum=256 * MIB),
+        fingerprint_bytes=reader.number(table, "agent", "fingerprint_bytes", 1024,
+                                        minimum=64, maximum=64 * KIB),
+        rescan_interval_s=reader.number(table, "agent", "rescan_interval_s", 10.0, minimum=0.1,
+                                        maximum=3600, integer=False),
+    )
+
+
+def _relative_to_config(config_path: str, value: str) -> str:
+    """Resolve a relative path against the config file's folder, not the working directory."""
+    path = Path(value)
+    if path.is_absolute():
+        return str(path)
+    return str((Path(config_path).resolve().parent / path).resolve())
+
+
+def _store(reader: _Reader, table: Any) -> StoreConfig:
+    if table is None:
+        raise reader.fail("store", "missing; add a [store] table with url = "
+                          "\"file:///path/to/store\" or \"s3://bucket/prefix\"")
+    table = reader.table(table, "store")
+    reader.only_keys(table, "store", ("url", "endpoint_override", "region"))
+    url = reader.string(table, "store", "url", required=True)
+    assert url is not None
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in ("", "file", "s3"):
+        raise reader.fail("store.url", f"unsupported scheme in {url!r}; expected file:///path, "
+                          "a plain path, or s3://bucket/prefix")
+    if scheme == "":
+        url = _relative_to_config(reader.path, url)
+    elif scheme == "file" and not url.startswith("file:///"):
+        raise reader.fail("store.url", f"invalid value {url!r}; a file URL needs an absolute path, "
+                          "as in file:///srv/clicktrail/store")
+    endpoint = reader.string(table, "store", "endpoint_override")
+    if endpoint is not None and not re.match(r"^https?://[^\s/]+(:\d+)?/?$", endpoint):
+        raise reader.fail("store.endpoint_override", f"invalid value {endpoint!r}; expected "
+                          "http(s)://host:port")
+    return StoreConfig(url=url, endpoint_override=endpoint,
+                       region=reader.string(table, "store", "region"))
+
+
+def _sources(reader: _Reader, value: Any) -> tuple[SourceConfig, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise reader.fail("sources", "expected an array of tables ([[sources]]), got "
+                          f"{type(value).__name__}")
+    sources = []
+    names: set[str] = set()
+    for index, table in enumerate(value):
+        source = _source(reader, reader.table(table, f"sources[{index}]"), index)
+        if source.name in names:
+            raise reader.fail(f"sources[{index}].name", f"duplicate source name {source.name!r}; "
+                              "each source needs its own name")
+        names.add(source.name)
+        sources.append(source)
+    return tuple(sources)
+
+
+def _source(reader: _Reader, table: dict[str, Any], index: int) -> SourceConfig:
+    prefix = f"sources[{index}]"
+    reader.only_keys(table, prefix, ("name", "kind", "paths", "exclude", "log_format", "routes",
+                                     "route", "timezone", "message_id_pattern",
+                                     "envelope_sender_pattern"))
+    name = reader.string(table, prefix, "name", required=True)
+    assert name is not None
+    if not SAFE_NAME.match(name):
+        raise reader.fail(f"{prefix}.name", f"invalid value {name!r}; expected 1-64 characters of "
+                          "letters, digits, '_', '.' or '-', starting with a letter or digit")
+    kind = reader.string(table, prefix, "kind", required=True, choices=SOURCE_KINDS)
+    paths = reader.string_list(table, prefix, "paths", required=True)
+    for path in paths:
+        if not Path(path).is_absolute() and path.startswith("~"):
+            raise reader.fail(f"{prefix}.paths", f"'~' is not expanded in {path!r}; use an "
+                              "absolute path")
+    paths = tuple(_relative_to_config(reader.path, p) for p in paths)
+    exclude = reader.string_list(table, prefix, "exclude")
+    ids = ("delivery_id", "recipient_id", "link_id")
+
+    if kind == "access_log":
+        return _access_log_source(reader, table, prefix, name, paths, exclude)
+
+    for key in ("log_format", "routes", "route"):
+        if key in table:
+            raise reader.fail(f"{prefix}.{key}", f"not used by kind {kind!r}; remove it")
+    return SourceConfig(
+        name=name, kind=kind, paths=paths, exclude=exclude,
+        timezone=reader.timezone(table, prefix, "timezone", "UTC"),
+        message_id_pattern=reader.regex(table, prefix, "message_id_pattern", ids),
+        envelope_sender_pattern=reader.regex(table, prefix, "envelope_sender_pattern", ids),
+    )
+
+
+def _access_log_source(reader: _Reader, table: dict[str, Any], prefix: str, name: str,
+                       paths: tuple[str, ...], exclude: tuple[str, ...]) -> SourceConfig:
+    from .logformat import LogFormatError, compile_log_format
+
+    for key in ("message_id_pattern", "envelope_sender_pattern"):
+        if key in table:
+            raise reader.fail(f"{prefix}.{key}", "not used by kind 'access_log'; remove it")
+    log_format = reader.string(table, prefix, "log_format", "combined")
+    assert log_format is not None
+    try:
+        compile_log_format(log_format)
+    except LogFormatError as exc:
+        raise reader.fail(f"{prefix}.log_format", str(exc)) from None
+
+    preset = reader.string(table, prefix, "routes", "none" if "route" in table else "generic")
+    assert preset is not None
+    if preset not in routes_module.PRESETS:
+        raise reader.fail(f"{prefix}.routes", f"unknown preset {preset!r}; expected one of: "
+                          f"{', '.join(sorted(routes_module.PRESETS))}")
+    custom = table.get("route", [])
+    if not isinstance(custom, list):
+        raise reader.fail(f"{prefix}.route", "expected an array of tables ([[sources.route]])")
+    routes = []
+    for position, route_table in enumerate(custom):
+        key = f"{prefix}.route[{position}]"
+        try:
+            routes.append(routes_module.route_from_table(reader.table(route_table, key)))
+        except routes_module.RouteError as exc:
+            raise reader.fail(f"{key}.{exc.key}", exc.message) from None
+    # Custom routes come first: an operator adds them to override a preset's shape.
+    routes.extend(routes_module.PRESETS[preset])
+    if not routes:
+        raise reader.fail(f"{prefix}.routes", "no routes: set routes to a preset name or add "
+                          "[[sources.route]] tables")
+    return SourceConfig(name=name, kind="access_log", paths=paths, exclude=exclude,
+                        log_format=log_format, routes=tuple(routes),
+                        timezone=reader.timezone(table, prefix, "timezone", "UTC"))
+
+
+def _report(reader: _Reader, table: Any) -> ReportConfig:
+    table = reader.table(table, "report")
+    reader.only_keys(table, "report", ("timezone", "output_dir", "lookback_days"))
+    output_dir = reader.string(table, "report", "output_dir", "reports")
+    assert output_dir is not None
+    return ReportConfig(
+        timezone=reader.timezone(table, "report", "timezone", "UTC"),
+        output_dir=_relative_to_config(reader.path, output_dir),
+        lookback_days=reader.number(table, "report", "lookback_days", 30, minimum=1, maximum=3660),
+    )
+
+
+def _email(reader: _Reader, table: Any) -> EmailConfig | None:
+    if table is None:
+        return None
+    table = reader.table(table, "email")
+    if "password" in table:
+        raise reader.fail("email.password", "passwords are not read from the config file; set "
+                          "password_env or password_file")
+    reader.only_keys(table, "email", ("smtp_host", "smtp_port", "security", "username",
+                                      "password_env", "password_file", "from", "to", "timeout_s"))
+    host = reader.string(table, "email", "smtp_host", required=True)
+    assert host is not None
+    sender = reader.string(table, "email", "from", required=True)
+    assert sender is not None
+    return EmailConfig(
+        smtp_host=host,
+        smtp_port=reader.number(table, "email", "smtp_port", 587, minimum=1, maximum=65535),
+        security=reader.string(table, "email", "security", "starttls",
+                               choices=("starttls", "tls", "none")) or "starttls",
+        username=reader.string(table, "email", "username"),
+        password_env=reader.string(table, "email", "password_env"),
+        password_file=reader.string(table, "email", "password_file"),
+        sender=sender,
+        to=reader.string_list(table, "email", "to"),
+        timeout_s=reader.number(table, "email", "timeout_s", 30.0, minimum=1, maximum=600,
+                                integer=False),
+    )

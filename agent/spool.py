@@ -1,0 +1,78 @@
+"""The local spool: sealed batch files waiting for upload, laid out like the store.
+
+A batch file is written under a temporary name, fsynced, renamed to its final name and its
+folder fsynced; only then may the checkpoint move past its lines. Its name is fixed by (host,
+source, generation, first offset), so a batch replayed after a crash lands on the same name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import schema
+
+log = logging.getLogger(__name__)
+
+SPOOL_DIR = "spool"
+
+
+def spool_root(state_dir: str) -> str:
+    return os.path.join(state_dir, SPOOL_DIR)
+
+
+def write_batch(state_dir: str, area: str, table: pa.Table, time_column: str, file_name: str) -> list[str]:
+    """Write table into one spool file per UTC day of time_column; return the relative paths."""
+    if table.num_rows == 0:
+        return []
+    days = pc.cast(pc.cast(table[time_column], pa.timestamp("us", tz="UTC")), pa.date32())
+    written = []
+    for day in pc.unique(days).to_pylist():
+        part = table.filter(pc.equal(days, pa.scalar(day, pa.date32())))
+        relative = f"{schema.partition_dir(area, day)}/{file_name}"
+        _write_durably(os.path.join(spool_root(state_dir), relative), part)
+        written.append(relative)
+    return written
+
+
+def _write_durably(path: str, table: pa.Table) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pending(state_dir: str) -> Iterator[str]:
+    """Yield the relative paths of sealed spool files, oldest first."""
+    root = spool_root(state_dir)
+    found = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if name.endswith(".parquet"):
+                full = os.path.join(folder, name)
+                found.append((os.path.getmtime(full), os.path.relpath(full, root)))
+    for _, relative in sorted(found):
+        yield relative
+
+
+def spool_bytes(state_dir: str) -> int:
+    root = spool_root(state_dir)
+    total = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            total += os.path.getsize(os.path.join(folder, name))
+    return total

@@ -1,0 +1,62 @@
+"""What `clicktrail-agent status` shows: per file offset, size and lag; spool; last upload."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from . import spool, tailer
+from .checkpoint import CheckpointStore
+from .config import Config
+
+
+def collect_status(config: Config) -> dict[str, Any]:
+    checkpoints = CheckpointStore(config.agent.state_dir)
+    try:
+        files = []
+        for source in config.sources:
+            by_generation = {cp.generation: cp for cp in checkpoints.files(source.name)}
+            for path in tailer.discover(source.paths, source.exclude):
+                log_file = tailer.identify(path, source.name, config.agent.fingerprint_bytes,
+                                           config.agent.max_line_bytes)
+                cp = by_generation.get(log_file.generation) if log_file else None
+                size = os.path.getsize(path) if os.path.exists(path) else 0
+                offset = cp.offset if cp else 0
+                lag = 0 if (cp and cp.complete) or path.endswith(".gz") and cp else max(size - offset, 0)
+                files.append({"source": source.name, "path": path,
+                              "generation": log_file.generation if log_file else None,
+                              "offset": offset, "size": size, "lag_bytes": lag,
+                              "complete": bool(cp and cp.complete)})
+        oldest = _oldest_spool_age(config.agent.state_dir)
+        status = checkpoints.status()
+        return {
+            "files": files,
+            "spool_bytes": spool.spool_bytes(config.agent.state_dir),
+            "spool_oldest_age_s": oldest,
+            "last_upload": json.loads(status["last_upload"]) if "last_upload" in status else None,
+            "last_error": status.get("last_error"),
+            "counters": checkpoints.counters(),
+        }
+    finally:
+        checkpoints.close()
+
+
+def _oldest_spool_age(state_dir: str) -> float | None:
+    root = spool.spool_root(state_dir)
+    ages = [time.time() - os.path.getmtime(os.path.join(root, rel)) for rel in spool.pending(state_dir)]
+    return max(ages) if ages else None
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = [f"{'source':<12} {'generation':<17} {'offset':>12} {'size':>12} {'lag':>10}  path"]
+    for f in report["files"]:
+        lines.append(f"{f['source']:<12} {f['generation'] or '-':<17} {f['offset']:>12} "
+                     f"{f['size']:>12} {f['lag_bytes']:>10}  {f['path']}")
+    lines.append(f"spool: {report['spool_bytes']} bytes, oldest file "
+                 f"{report['spool_oldest_age_s'] or 0:.0f} s")
+    upload = report["last_upload"]
+    lines.append(f"last upload: {upload['name'] if upload else 'none'}")
+    lines.append(f"last error: {report['last_error'] or 'none'}")
+    return "\n".join(lines)
