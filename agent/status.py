@@ -24,7 +24,11 @@ def collect_status(config: Config) -> dict[str, Any]:
                 cp = by_generation.get(log_file.generation) if log_file else None
                 size = os.path.getsize(path) if os.path.exists(path) else 0
                 offset = cp.offset if cp else 0
-                lag = 0 if (cp and cp.complete) or path.endswith(".gz") and cp else max(size - offset, 0)
+                # A compressed copy's offset counts decompressed bytes, so its size tells nothing.
+                if cp is not None and (cp.complete or log_file.compressed):
+                    lag = 0
+                else:
+                    lag = max(size - offset, 0)
                 files.append({"source": source.name, "path": path,
                               "generation": log_file.generation if log_file else None,
                               "offset": offset, "size": size, "lag_bytes": lag,

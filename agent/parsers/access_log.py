@@ -28,7 +28,6 @@ REQUEST_LINE = r"^(?P<method>[A-Z][A-Z0-9_-]{0,19}) (?P<target>[^ ]+)(?: HTTP/[0
 # segments.
 NEEDS_NORMALISING = r"^[A-Za-z][A-Za-z0-9+.-]*://|%|//|/\.\.?(?:/|\?|$)"
 UNRESERVED = re.compile(r"%(2[DdEe]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|5[Ff]|7[Ee])")
-EMPTY_AS_NULL = ("referer", "user_agent", "location", "forwarded_for", "vhost", "client_ip")
 
 
 class AccessLogParser:
@@ -84,7 +83,7 @@ class AccessLogParser:
         method_np = np.asarray(method.fill_null("").to_numpy(zero_copy_only=False))
 
         chosen_route = np.full(len(rows), -1, dtype=np.int64)
-        groups: dict[str, np.ndarray] = {}
+        pieces: list[_RoutedRows] = []
         for index, route in enumerate(self.routes):
             candidates = ok & (chosen_route < 0) & np.isin(method_np, route.methods)
             if not candidates.any():
@@ -94,90 +93,115 @@ class AccessLogParser:
             hit = np.asarray(extracted.is_valid().fill_null(False))
             if not hit.any():
                 continue
-            hit_idx = cand_idx[hit]
-            chosen_route[hit_idx] = index
-            hits = extracted.filter(pa.array(hit))
-            for field_index in range(hits.type.num_fields):
-                name = hits.type.field(field_index).name
-                values = groups.setdefault(name, np.full(len(rows), None, dtype=object))
-                values[hit_idx] = hits.field(field_index).to_numpy(zero_copy_only=False)
+            chosen_route[cand_idx[hit]] = index
+            pieces.append(_routed_rows(route, extracted.filter(pa.array(hit)), cand_idx[hit]))
         counters["not_routed"] = int((ok & (chosen_route < 0)).sum())
 
-        return self._events(rows, chosen_route, groups, selected, method, target, times, ctx,
-                            batch, counters)
+        return self._events(rows, pieces, selected, method, times, ctx, batch, counters)
 
-    def _events(self, rows, chosen_route, groups, selected, method, target, times, ctx, batch,
-                counters):
-        routed = np.flatnonzero(chosen_route >= 0)
-        ids: dict[str, list[Any]] = {name: [] for name in ID_FIELDS}
-        event_types: list[str] = []
-        urls: list[Any] = []
-        keep: list[int] = []
-        token_rejects: list[tuple[int, str]] = []
-        location = selected.get("location")
-        location_np = (_unescape_quoted(_null_dash(location)).to_numpy(zero_copy_only=False)
-                       if location is not None else None)
+    def _events(self, rows, pieces, selected, method, times, ctx, batch, counters):
+        token_rejects = [(int(rows[p]), reason) for piece in pieces
+                         for p, reason in zip(piece.rejected, piece.reasons, strict=True)]
+        if not pieces:
+            counters["events"] = 0
+            return build_events({}, ctx, rows[:0]), token_rejects, counters
 
-        for position in routed.tolist():
-            route = self.routes[chosen_route[position]]
-            values = {name: _group_value(groups, name, position) for name in groups}
-            try:
-                row_ids = _row_ids(route, values)
-            except TokenError as exc:
-                token_rejects.append((int(rows[position]), f"token does not decode: {exc}"))
-                continue
-            event = route.event
-            if route.open_link_ids and row_ids.get("link_id") in route.open_link_ids:
-                event, row_ids["link_id"] = "open", None
-            url = location_np[position] if location_np is not None else None
-            if url is None and values.get("url"):
-                url = unquote(values["url"])
-            keep.append(position)
-            event_types.append(event)
-            urls.append(url)
-            for name in ID_FIELDS:
-                ids[name].append(row_ids.get(name))
+        positions = np.concatenate([piece.positions for piece in pieces])
+        order = pa.array(np.argsort(positions, kind="stable"))
+        positions = positions[np.asarray(order)]
+        keep = pa.array(positions)
+        line_rows = rows[positions]
 
-        counters["events"] = len(keep)
-        keep_arr = pa.array(np.asarray(keep, dtype=np.int64))
-        line_rows = rows[np.asarray(keep, dtype=np.int64)] if keep else rows[:0]
         columns: dict[str, Any] = {
             "event_time": times.take(pa.array(line_rows)),
-            "event_type": event_types,
-            "url": urls,
-            "http_method": method.take(keep_arr),
-            **ids,
+            "http_method": method.take(keep),
         }
+        for name in ("event_type", *ID_FIELDS, "url"):
+            columns[name] = pa.concat_arrays([piece.columns[name] for piece in pieces]).take(order)
         for name in ("status", "client_ip", "user_agent", "referer", "forwarded_for", "vhost",
-                     "response_bytes", "response_time_us"):
+                     "response_bytes", "response_time_us", "location"):
             if name not in selected:
                 continue
-            column = _null_dash(selected[name].take(keep_arr))
+            column = _null_dash(selected[name].take(keep))
             if name in self.format.quoted:
                 column = _unescape_quoted(column)
             if name in ("status", "response_bytes", "response_time_us"):
                 column = pc.cast(column, pa.int64(), safe=False)
+            if name == "location":
+                # The redirect target the server answered is the best URL; else the route's.
+                columns["url"] = pc.coalesce(column, columns["url"])
+                continue
             columns["http_status" if name == "status" else name] = column
+
+        counters["events"] = len(positions)
         events = build_events(columns, ctx, batch.offsets[line_rows])
         return events, token_rejects, counters
 
 
-def _group_value(groups: dict[str, np.ndarray], name: str, position: int) -> str | None:
-    value = groups[name][position]
-    return value or None
+class _RoutedRows:
+    """The rows one route matched: positions in the batch and their event columns."""
+
+    def __init__(self, positions: np.ndarray, columns: dict[str, pa.Array],
+                 rejected: np.ndarray, reasons: list[str]):
+        self.positions = positions
+        self.columns = columns
+        self.rejected = rejected
+        self.reasons = reasons
 
 
-def _row_ids(route: Route, values: dict[str, str | None]) -> dict[str, str | None]:
-    row_ids: dict[str, str | None] = {name: values.get(name) for name in ID_FIELDS}
-    token = values.get("token")
+def _routed_rows(route: Route, hits: pa.StructArray, positions: np.ndarray) -> _RoutedRows:
+    """Build event columns for the rows a route matched; bad tokens and ids become rejects."""
+    count = len(positions)
+    names = {hits.type.field(i).name for i in range(hits.type.num_fields)}
+
+    def group(name: str) -> pa.Array:
+        if name not in names:
+            return pa.nulls(count, pa.string())
+        column = hits.field(name)
+        return pc.if_else(pc.equal(column, ""), pa.scalar(None, pa.string()), column)
+
+    ids = {name: group(name) for name in ID_FIELDS}
+    reasons = np.full(count, None, dtype=object)
     if route.token_fields:
-        if not token:
-            raise TokenError("empty token")
-        row_ids.update(route.decode_token(token))
-    for name, value in row_ids.items():
-        if value is not None and not VALID_ID.match(value):
-            raise TokenError(f"{name} holds characters an id cannot have")
-    return row_ids
+        ids.update(_decode_tokens(route, group("token").to_pylist(), reasons))
+
+    for name, column in ids.items():
+        invalid = pc.invert(pc.match_substring_regex(column, VALID_ID.pattern)).fill_null(False)
+        invalid_np = np.asarray(invalid) & (reasons == None)  # noqa: E711 (numpy element-wise)
+        reasons[invalid_np] = (f"invalid id: {name} is empty, too long or holds characters an "
+                               "id cannot have")
+
+    event = pa.array([route.event] * count, pa.string())
+    if route.open_link_ids:
+        is_pixel = pc.is_in(ids["link_id"], value_set=pa.array(route.open_link_ids)).fill_null(False)
+        event = pc.if_else(is_pixel, "open", event)
+        ids["link_id"] = pc.if_else(is_pixel, pa.scalar(None, pa.string()), ids["link_id"])
+
+    url = group("url")
+    if "url" in names:
+        url = pa.array([unquote(u) if u else None for u in url.to_pylist()], pa.string())
+
+    valid = reasons == None  # noqa: E711 (numpy element-wise)
+    mask = pa.array(valid)
+    columns = {"event_type": event.filter(mask), "url": url.filter(mask),
+               **{name: column.filter(mask) for name, column in ids.items()}}
+    return _RoutedRows(positions[valid], columns, positions[~valid], list(reasons[~valid]))
+
+
+def _decode_tokens(route: Route, tokens: list[str | None],
+                   reasons: np.ndarray) -> dict[str, pa.Array]:
+    decoded: dict[str, list[str | None]] = {name: [None] * len(tokens) for name in route.token_fields}
+    for i, token in enumerate(tokens):
+        try:
+            if not token:
+                raise TokenError("empty token")
+            values = route.decode_token(token)
+        except TokenError as exc:
+            reasons[i] = f"token does not decode: {exc}"
+            continue
+        for name, value in values.items():
+            decoded[name][i] = value
+    return {name: pa.array(values, pa.string()) for name, values in decoded.items()}
 
 
 def _parse_times(column: pa.Array, time_format: str | None) -> pa.Array:

@@ -80,14 +80,15 @@ def provenance_columns(ctx: SourceContext, offsets: np.ndarray) -> dict[str, pa.
 
 
 def event_ids(ctx: SourceContext, offsets: np.ndarray, indexes: np.ndarray | None = None) -> pa.Array:
+    """Build schema.event_id for every row, without a Python call per row."""
+    prefix = f"{ctx.host}:{ctx.source}:{ctx.generation}:"
+    ids = pc.binary_join_element_wise(prefix, pc.cast(pa.array(offsets, pa.int64()), pa.string()), "")
     if indexes is None:
-        ids = [schema.event_id(ctx.host, ctx.source, ctx.generation, int(o)) for o in offsets]
-    else:
-        ids = [
-            schema.event_id(ctx.host, ctx.source, ctx.generation, int(o), int(i))
-            for o, i in zip(offsets, indexes, strict=True)
-        ]
-    return pa.array(ids, pa.string())
+        return ids
+    index_array = pa.array(indexes, pa.int64())
+    suffix = pc.if_else(pc.equal(index_array, 0), "",
+                        pc.binary_join_element_wise(":", pc.cast(index_array, pa.string()), ""))
+    return pc.binary_join_element_wise(ids, suffix, "")
 
 
 def build_events(columns: dict[str, Any], ctx: SourceContext, offsets: np.ndarray,

@@ -1,0 +1,418 @@
+"""Every query of the reporter, and the per-delivery figures that docs/glossary.md defines.
+
+The SQL lives here and only here, so a figure in a report and its glossary entry can be checked
+against one statement. DuckDB runs it over the pyarrow datasets of the store:
+
+1. load_events copies the events of the active deliveries, deduplicated on event_id, into a
+   temporary table `events` (re-uploads and overlapping files store an event more than once).
+2. set_link_types loads the catalog's link types into `link_types`.
+3. The view `figure_events` gives each event the figure it counts towards; the other
+   functions aggregate that view.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from .catalog import LINK_TYPES_NOT_CLICKS, DeliveryCatalog
+from .period import ReportPeriod
+
+MTA_EVENT_TYPES = ("sent", "deferred", "bounced", "expired", "rejected")
+MICROSECONDS_PER_HOUR = 3_600_000_000
+
+ACTIVE_DELIVERIES_SQL = """
+SELECT DISTINCT delivery_id
+FROM events_raw
+WHERE event_date BETWEEN $first_utc_date AND $last_utc_date
+  AND event_time >= $start AND event_time < $end
+  AND delivery_id IS NOT NULL
+ORDER BY delivery_id
+"""
+
+# Keep one row per event_id. Which copy survives does not matter for the figures (the copies
+# are the same line), but the order makes reruns pick the same one.
+# NOTE: a delivery's history has no lower date bound, so every partition up to the period's end
+# is scanned (with pushdown of the columns and of the delivery ids) on every run.
+LOAD_EVENTS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE events AS
+SELECT event_id, event_time, event_type, delivery_id, recipient_id, link_id, url,
+       upper(http_method) AS http_method, user_agent, bounce_type, bounce_reason,
+       -- One message to one recipient address: the unit of the MTA figures. Recipient ids
+       -- cannot serve, because a message to a seed list gives all its addresses one id.
+       CASE WHEN event_type IN {MTA_EVENT_TYPES!r}
+            THEN coalesce(queue_id, 'NOQUEUE') || '/' || coalesce(recipient_key, recipient_id, event_id)
+       END AS message_recipient
+FROM events_raw
+WHERE event_date <= $last_utc_date
+  AND event_time < $end
+  AND delivery_id IN (SELECT delivery_id FROM active_deliveries)
+QUALIFY row_number() OVER (
+    PARTITION BY event_id ORDER BY ingest_time, source_path, source_offset) = 1
+"""
+
+RAW_ROWS_SQL = """
+SELECT delivery_id, count(*) AS raw_rows
+FROM events_raw
+WHERE event_date <= $last_utc_date
+  AND event_time < $end
+  AND delivery_id IN (SELECT delivery_id FROM active_deliveries)
+GROUP BY delivery_id
+"""
+
+# The figure each event counts towards. Clicks on links that the catalog types as unsubscribe
+# or mirror links are page views, not clicks (Adobe Campaign excludes opt-out and mirror-page
+# URLs from clicks). Only a POST unsubscribes: RFC 8058 one-click or a form confirmation,
+# because scanners and previews fetch unsubscribe URLs with GET and HEAD.
+FIGURE_EVENTS_SQL = """
+CREATE OR REPLACE TEMP VIEW figure_events AS
+SELECT e.*,
+       l.type AS link_type,
+       CASE
+         WHEN e.event_type = 'open' THEN 'open'
+         WHEN e.event_type = 'click' AND l.type = 'unsubscribe' THEN 'unsubscribe_view'
+         WHEN e.event_type = 'click' AND l.type = 'mirror' THEN 'mirror_view'
+         WHEN e.event_type = 'click' THEN 'click'
+         WHEN e.event_type = 'unsubscribe' AND e.http_method = 'POST' THEN 'unsubscription'
+         WHEN e.event_type = 'unsubscribe' AND e.http_method IN ('GET', 'HEAD')
+           THEN 'unsubscribe_view'
+         WHEN e.event_type = 'mirror' THEN 'mirror_view'
+         ELSE e.event_type
+       END AS figure
+FROM events AS e
+LEFT JOIN link_types AS l
+  ON l.delivery_id = e.delivery_id AND l.link_id = e.link_id
+"""
+
+DELIVERY_FIGURES_SQL = f"""
+SELECT delivery_id,
+  count(DISTINCT message_recipient) FILTER (event_type IN {MTA_EVENT_TYPES!r}) AS processed,
+  count(DISTINCT message_recipient) FILTER (event_type = 'sent') AS delivered,
+  count(DISTINCT message_recipient) FILTER (event_type = 'bounced' AND bounce_type = 'hard')
+    AS hard_bounces,
+  count(DISTINCT message_recipient) FILTER (
+    (event_type = 'bounced' AND bounce_type = 'soft') OR event_type = 'expired')
+    AS soft_bounces,
+  count(DISTINCT message_recipient) FILTER (
+    event_type = 'bounced' AND (bounce_type IS NULL OR bounce_type NOT IN ('hard', 'soft')))
+    AS ignored_bounces,
+  count(DISTINCT message_recipient) FILTER (event_type = 'rejected') AS rejected,
+  count(DISTINCT recipient_id) FILTER (event_type = 'complaint') AS complaints,
+  count(*) FILTER (figure = 'open') AS opens,
+  count(DISTINCT recipient_id) FILTER (figure = 'open') AS unique_opens,
+  count(DISTINCT recipient_id) FILTER (event_type IN ('open', 'click')) AS opens_including_clicks,
+  count(*) FILTER (figure = 'click') AS clicks,
+  count(DISTINCT recipient_id) FILTER (figure = 'click') AS unique_clickers,
+  count(DISTINCT recipient_id) FILTER (figure = 'unsubscription') AS unsubscriptions,
+  count(*) FILTER (figure = 'unsubscribe_view') AS unsubscribe_page_views,
+  count(*) FILTER (figure = 'mirror_view') AS mirror_page_views,
+  count(*) AS events,
+  epoch_us(min(event_time)) AS first_event_us,
+  epoch_us(max(event_time)) AS last_event_us
+FROM figure_events
+GROUP BY delivery_id
+"""
+
+# A recipient is pending when its latest MTA event is a deferral. On equal times a final
+# outcome wins over the deferral, because MTAs log both within the same microsecond.
+PENDING_SQL = f"""
+SELECT delivery_id, count(*) AS deferred_pending
+FROM (
+  SELECT delivery_id, message_recipient, event_type
+  FROM events
+  WHERE event_type IN {MTA_EVENT_TYPES!r}
+  QUALIFY row_number() OVER (
+      PARTITION BY delivery_id, message_recipient
+      ORDER BY event_time DESC, (event_type = 'deferred') ASC, event_id) = 1
+)
+WHERE event_type = 'deferred'
+GROUP BY delivery_id
+"""
+
+BOUNCE_REASONS_SQL = """
+SELECT delivery_id,
+       CASE WHEN event_type = 'expired' THEN 'soft' ELSE coalesce(bounce_type, 'unknown') END
+         AS bounce_type,
+       coalesce(bounce_reason, CASE WHEN event_type = 'expired' THEN 'expired' ELSE 'other' END)
+         AS bounce_reason,
+       count(DISTINCT message_recipient) AS recipients
+FROM events
+WHERE event_type IN ('bounced', 'expired')
+GROUP BY ALL
+ORDER BY delivery_id, bounce_type, recipients DESC, bounce_reason
+"""
+
+# mode() picks the URL seen most often for a link; ties go to the smallest value so that a
+# rerun shows the same one.
+LINK_CLICKS_SQL = """
+SELECT delivery_id, link_id, figure,
+       count(*) AS clicks,
+       count(DISTINCT recipient_id) AS unique_clickers,
+       min(url) FILTER (url IS NOT NULL) AS any_url,
+       mode(url) AS common_url
+FROM figure_events
+WHERE event_type = 'click'
+GROUP BY ALL
+"""
+
+HOURLY_SQL = f"""
+SELECT delivery_id, figure,
+       epoch_us(event_time) // {MICROSECONDS_PER_HOUR} AS utc_hour,
+       count(*) AS events
+FROM figure_events
+WHERE figure IN ('open', 'click')
+GROUP BY ALL
+ORDER BY delivery_id, utc_hour
+"""
+
+# Rejected lines carry no event time, so the period applies to ingest_time and every rejects
+# partition is read.
+REJECTS_SQL = """
+SELECT source_name, source_kind, count(*) AS lines
+FROM rejects_raw
+WHERE ingest_time >= $start AND ingest_time < $end
+GROUP BY ALL
+ORDER BY source_name, source_kind
+"""
+
+UNATTRIBUTED_SQL = """
+SELECT event_type, count(DISTINCT event_id) AS events
+FROM events_raw
+WHERE event_date BETWEEN $first_utc_date AND $last_utc_date
+  AND event_time >= $start AND event_time < $end
+  AND delivery_id IS NULL
+GROUP BY event_type
+ORDER BY event_type
+"""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A ratio that keeps its parts; value is None when the denominator is 0."""
+
+    numerator: int
+    denominator: int
+
+    @property
+    def value(self) -> float | None:
+        if self.denominator == 0:
+            return None
+        return self.numerator / self.denominator
+
+    def percent(self, digits: int = 1) -> str:
+        value = self.value
+        if value is None:
+            return "n/a"
+        return f"{value * 100:.{digits}f} %"
+
+
+@dataclass(frozen=True)
+class LinkRow:
+    link_id: str | None
+    url: str | None
+    label: str | None
+    link_type: str | None
+    clicks: int
+    unique_clickers: int
+    # Share of the delivery's clicks; None for links whose hits are not clicks (unsubscribe,
+    # mirror), which the share leaves out.
+    share: Rate | None
+
+
+@dataclass(frozen=True)
+class BounceRow:
+    bounce_type: str
+    bounce_reason: str
+    recipients: int
+
+
+@dataclass
+class DeliveryMetrics:
+    """The raw figures of one delivery, as docs/glossary.md defines them."""
+
+    delivery_id: str
+    processed: int = 0
+    delivered: int = 0
+    hard_bounces: int = 0
+    soft_bounces: int = 0
+    ignored_bounces: int = 0
+    rejected: int = 0
+    deferred_pending: int = 0
+    complaints: int = 0
+    opens: int = 0
+    unique_opens: int = 0
+    opens_including_clicks: int = 0
+    clicks: int = 0
+    unique_clickers: int = 0
+    unsubscriptions: int = 0
+    unsubscribe_page_views: int = 0
+    mirror_page_views: int = 0
+    events: int = 0
+    duplicate_rows: int = 0
+    first_event_us: int | None = None
+    last_event_us: int | None = None
+    links: list[LinkRow] = field(default_factory=list)
+    bounces: list[BounceRow] = field(default_factory=list)
+    # (figure, UTC hour since the epoch) -> events, for figure "open" or "click"
+    hourly: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @property
+    def has_mta_data(self) -> bool:
+        return self.processed > 0
+
+    @property
+    def delivery_rate(self) -> Rate:
+        return Rate(self.delivered, self.processed)
+
+    @property
+    def hard_bounce_rate(self) -> Rate:
+        return Rate(self.hard_bounces, self.processed)
+
+    @property
+    def soft_bounce_rate(self) -> Rate:
+        return Rate(self.soft_bounces, self.processed)
+
+    @property
+    def unique_open_rate(self) -> Rate:
+        return Rate(self.opens_including_clicks, self.delivered)
+
+    @property
+    def click_through_rate(self) -> Rate:
+        return Rate(self.unique_clickers, self.delivered)
+
+    @property
+    def reactivity(self) -> Rate:
+        return Rate(self.unique_clickers, self.opens_including_clicks)
+
+    @property
+    def unsubscription_rate(self) -> Rate:
+        return Rate(self.unsubscriptions, self.delivered)
+
+
+def find_active_deliveries(con: duckdb.DuckDBPyConnection, events: ds.Dataset,
+                           period: ReportPeriod) -> list[str]:
+    """Register the events dataset and list the deliveries with an event in the period."""
+    con.register("events_raw", events)
+    rows = con.execute(ACTIVE_DELIVERIES_SQL, _period_parameters(period)).fetchall()
+    return [row[0] for row in rows]
+
+
+def load_events(con: duckdb.DuckDBPyConnection, delivery_ids: list[str],
+                period: ReportPeriod) -> dict[str, int]:
+    """Copy the deduplicated events of these deliveries up to the period's end into `events`.
+
+    Returns the number of duplicate rows dropped per delivery.
+    """
+    ids = pa.table({"delivery_id": pa.array(delivery_ids, pa.string())})
+    con.register("active_deliveries", ids)
+    parameters = _period_parameters(period)
+    del parameters["start"], parameters["first_utc_date"]
+
+    con.execute(LOAD_EVENTS_SQL, parameters)
+    raw_rows = dict(con.execute(RAW_ROWS_SQL, parameters).fetchall())
+    kept = dict(con.execute(
+        "SELECT delivery_id, count(*) FROM events GROUP BY delivery_id").fetchall())
+    return {delivery_id: raw_rows.get(delivery_id, 0) - kept.get(delivery_id, 0)
+            for delivery_id in delivery_ids}
+
+
+def set_link_types(con: duckdb.DuckDBPyConnection, catalogs: dict[str, DeliveryCatalog]) -> None:
+    """Load the link types of the catalog entries and create the figure_events view."""
+    rows = [(c.delivery_id, link.link_id, link.type)
+            for c in catalogs.values() for link in c.links.values()]
+    table = pa.table(
+        {
+            "delivery_id": pa.array([r[0] for r in rows], pa.string()),
+            "link_id": pa.array([r[1] for r in rows], pa.string()),
+            "type": pa.array([r[2] for r in rows], pa.string()),
+        }
+    )
+    con.register("link_types", table)
+    con.execute(FIGURE_EVENTS_SQL)
+
+
+def compute_metrics(con: duckdb.DuckDBPyConnection,
+                    catalogs: dict[str, DeliveryCatalog],
+                    duplicates: dict[str, int]) -> dict[str, DeliveryMetrics]:
+    """Compute every delivery's figures from `events` and `figure_events`."""
+    result: dict[str, DeliveryMetrics] = {}
+    cursor = con.execute(DELIVERY_FIGURES_SQL)
+    columns = [d[0] for d in cursor.description]
+    for row in cursor.fetchall():
+        values = dict(zip(columns, row, strict=True))
+        result[values["delivery_id"]] = DeliveryMetrics(**values)
+
+    for delivery_id, pending in con.execute(PENDING_SQL).fetchall():
+        result[delivery_id].deferred_pending = pending
+
+    for delivery_id, bounce_type, reason, recipients in con.execute(BOUNCE_REASONS_SQL).fetchall():
+        result[delivery_id].bounces.append(BounceRow(bounce_type, reason, recipients))
+
+    for delivery_id, figure, utc_hour, events in con.execute(HOURLY_SQL).fetchall():
+        result[delivery_id].hourly[(figure, utc_hour)] = events
+
+    for delivery_id, metrics in result.items():
+        metrics.duplicate_rows = duplicates.get(delivery_id, 0)
+
+    _add_links(con, result, catalogs)
+    return result
+
+
+def _add_links(con: duckdb.DuckDBPyConnection, result: dict[str, DeliveryMetrics],
+               catalogs: dict[str, DeliveryCatalog]) -> None:
+    # Click counts per (delivery, link). The catalog adds its links without clicks, the URL and
+    # the label.
+    counts: dict[str, dict[str | None, tuple[int, int, str | None]]] = defaultdict(dict)
+    for delivery_id, link_id, _figure, clicks, unique, any_url, common_url in con.execute(
+            LINK_CLICKS_SQL).fetchall():
+        counts[delivery_id][link_id] = (clicks, unique, common_url or any_url)
+
+    for delivery_id, metrics in result.items():
+        catalog = catalogs.get(delivery_id)
+        catalog_links = catalog.links if catalog else {}
+        link_ids = list(catalog_links) + [k for k in counts[delivery_id] if k not in catalog_links]
+        for link_id in link_ids:
+            clicks, unique, seen_url = counts[delivery_id].get(link_id, (0, 0, None))
+            entry = catalog_links.get(link_id or "")
+            link_type = entry.type if entry else None
+            counted = link_type not in LINK_TYPES_NOT_CLICKS
+            metrics.links.append(LinkRow(
+                link_id=link_id,
+                url=(entry.url if entry and entry.url else seen_url),
+                label=entry.label if entry else None,
+                link_type=link_type,
+                clicks=clicks,
+                unique_clickers=unique,
+                share=Rate(clicks, metrics.clicks) if counted else None,
+            ))
+        metrics.links.sort(key=lambda link: (-link.clicks, link.link_id or ""))
+
+
+def count_rejects(con: duckdb.DuckDBPyConnection, rejects: ds.Dataset | None,
+                  period: ReportPeriod) -> list[tuple[str, str, int]]:
+    """Count the rejected lines per (source name, source kind) ingested during the period."""
+    if rejects is None:
+        return []
+    con.register("rejects_raw", rejects)
+    parameters = {"start": period.start_utc, "end": period.end_utc}
+    return con.execute(REJECTS_SQL, parameters).fetchall()
+
+
+def count_unattributed(con: duckdb.DuckDBPyConnection,
+                       period: ReportPeriod) -> list[tuple[str, int]]:
+    """Count the events of the period that carry no delivery id, per event type."""
+    return con.execute(UNATTRIBUTED_SQL, _period_parameters(period)).fetchall()
+
+
+def _period_parameters(period: ReportPeriod) -> dict[str, object]:
+    # event_date is the UTC date, so these bounds let DuckDB skip whole partitions.
+    return {
+        "start": period.start_utc,
+        "end": period.end_utc,
+        "first_utc_date": period.start_utc.date(),
+        "last_utc_date": period.end_utc.date(),
+    }

@@ -1,0 +1,225 @@
+"""The nightly run: recompute every delivery with activity in the period and publish its reports.
+
+Outputs for report date D land in `<output_dir>/<D>/`: index.html, and per delivery
+`delivery-<id>.html` and `.pdf`. They are written into a staging directory first and then
+renamed into place, so a rerun for the same date replaces the whole set.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from clicktrail.agent.schema import SAFE_ID
+
+from . import metrics as m
+from .catalog import DeliveryCatalog, load_catalog
+from .charts import time_charts
+from .errors import LockedError, OutputError, ReporterError, StoreError
+from .period import ReportPeriod, make_period
+from .render import make_environment, render_html, write_pdf
+from .store import Store, events_dataset, open_store, rejects_dataset
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".clicktrail-nightly.lock"
+INDEX_FILE = "index.html"
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    delivery_id: str
+    title: str
+    html_name: str
+    pdf_name: str
+    metrics: m.DeliveryMetrics
+
+
+@dataclass(frozen=True)
+class DataQuality:
+    # (source name, source kind, rejected lines ingested in the period)
+    rejects: list[tuple[str, str, int]] = field(default_factory=list)
+    # (event type, events in the period without a delivery id)
+    unattributed: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NightlyResult:
+    """The directory, index page and delivery reports that a nightly run published."""
+
+    report_dir: Path
+    index_path: Path
+    reports: list[DeliveryReport]
+
+
+def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: str,
+                report_date: date | None = None, lookback_days: int = 30, *,
+                store_endpoint_override: str | None = None,
+                store_region: str | None = None) -> NightlyResult:
+    """Render the reports of every delivery with an event in the lookback period up to the
+    end of report_date (default: yesterday in the report time zone) and publish them.
+
+    Raises ReporterError (StoreError, OutputError, LockedError) with a message for the operator.
+    """
+    try:
+        period = make_period(report_date, timezone, lookback_days)
+    except ValueError as exc:
+        raise ReporterError(str(exc)) from exc
+
+    store = open_store(store_url, store_endpoint_override, store_region)
+    output_root = Path(output_dir)
+    _make_dir(output_root)
+
+    with _run_lock(output_root), _scratch_dir(output_root) as scratch:
+        log.info("nightly run for %s: deliveries with events from %s to %s (%s)",
+                 period.report_date, period.first_day, period.report_date, timezone)
+        reports, quality = _compute(store, period, scratch)
+        staging = _stage_outputs(output_root, period, reports, quality)
+        target = output_root / period.report_date.isoformat()
+        _publish(staging, target)
+
+    log.info("published %d delivery reports in %s", len(reports), target)
+    return NightlyResult(report_dir=target, index_path=target / INDEX_FILE,
+                         reports=[report for report, _catalog, _charts in reports])
+
+
+def report_file_stem(delivery_id: str) -> str:
+    """Name a delivery's report files; ids that are not plain names are hashed.
+
+    The hashed form contains a dot, which SAFE_ID excludes, so it cannot collide with a plain id.
+    """
+    if SAFE_ID.match(delivery_id):
+        return f"delivery-{delivery_id}"
+    digest = hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return f"delivery.id-{digest}"
+
+
+ComputedReport = tuple[DeliveryReport, DeliveryCatalog, list]
+
+
+def _compute(store: Store, period: ReportPeriod,
+             scratch: Path) -> tuple[list[ComputedReport], DataQuality]:
+    events = events_dataset(store)
+    rejects = rejects_dataset(store)
+
+    # DuckDB spills to scratch when a query outgrows its memory limit.
+    con = duckdb.connect(config={"temp_directory": str(scratch)})
+    try:
+        active = m.find_active_deliveries(con, events, period)
+        log.info("%d deliveries with events in the period", len(active))
+        catalogs = {delivery_id: load_catalog(store, delivery_id) for delivery_id in active}
+
+        duplicates = m.load_events(con, active, period)
+        m.set_link_types(con, catalogs)
+        figures = m.compute_metrics(con, catalogs, duplicates)
+        quality = DataQuality(rejects=m.count_rejects(con, rejects, period),
+                              unattributed=m.count_unattributed(con, period))
+    except (duckdb.Error, pa.ArrowException, OSError) as exc:
+        raise StoreError(f"failed to query the store {store.url}: {exc}",
+                         store_url=store.url) from exc
+    finally:
+        con.close()
+
+    reports = []
+    for delivery_id in active:
+        catalog = catalogs[delivery_id]
+        stem = report_file_stem(delivery_id)
+        report = DeliveryReport(
+            delivery_id=delivery_id,
+            title=catalog.name or f"Delivery {delivery_id}",
+            html_name=f"{stem}.html",
+            pdf_name=f"{stem}.pdf",
+            metrics=figures[delivery_id],
+        )
+        charts = time_charts(report.metrics, period.timezone, catalog.sent_at)
+        reports.append((report, catalog, charts))
+    return reports, quality
+
+
+def _stage_outputs(output_root: Path, period: ReportPeriod, reports: list[ComputedReport],
+                   quality: DataQuality) -> Path:
+    env = make_environment()
+    common = {"period": period, "zone": period.timezone, "quality": quality,
+              "generated_at": datetime.now(UTC)}
+    staging = Path(tempfile.mkdtemp(prefix=f".{period.report_date.isoformat()}.tmp-",
+                                    dir=output_root))
+    try:
+        for number, (report, catalog, charts) in enumerate(reports, start=1):
+            context = {**common, "delivery_id": report.delivery_id, "title": report.title,
+                       "catalog": catalog, "metrics": report.metrics, "charts": charts}
+            html = render_html(env, "delivery.html.j2", context)
+            (staging / report.html_name).write_text(html, encoding="utf-8")
+            write_pdf(html, staging / report.pdf_name)
+            log.info("rendered delivery %r (%d of %d)", report.delivery_id, number, len(reports))
+
+        index = render_html(env, "index.html.j2",
+                            {**common, "reports": [r for r, _c, _ch in reports]})
+        (staging / INDEX_FILE).write_text(index, encoding="utf-8")
+        # mkdtemp creates the directory 0700; the reports are meant to be served and shared.
+        staging.chmod(0o755)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging
+
+
+def _publish(staging: Path, target: Path) -> None:
+    # NOTE: this takes two renames, so for an instant a reader finds no directory. A crash
+    # between them leaves the previous set in `.<date>.old-*`, which the next run deletes.
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    try:
+        if target.exists():
+            os.rename(target, old)
+        os.rename(staging, target)
+    except OSError as exc:
+        raise OutputError(f"failed to move the reports into {target}: {exc}",
+                          path=str(target)) from exc
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output directory {path}: {exc}; check "
+                          "[report] output_dir", path=str(path)) from exc
+
+
+@contextmanager
+def _run_lock(output_root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the output directory, and clean leftovers of crashed runs."""
+    lock_path = output_root / LOCK_FILE
+    with open(lock_path, "a+b") as lock_file:
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise LockedError(f"another nightly run is using {output_root}: {lock_path} is "
+                              "locked; wait for that run to finish",
+                              path=str(lock_path)) from exc
+        _remove_leftovers(output_root)
+        yield
+
+
+def _remove_leftovers(output_root: Path) -> None:
+    # Only a run holding the lock gets here, so every staging or old directory is stale.
+    for pattern in (".*.tmp-*", ".*.old-*", ".duckdb-*"):
+        for leftover in output_root.glob(pattern):
+            log.info("removing leftover %s of an interrupted run", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def _scratch_dir(output_root: Path) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix=".duckdb-", dir=output_root) as scratch:
+        yield Path(scratch)

@@ -1,0 +1,217 @@
+"""The access-log parser on lines written by Apache httpd 2.4 (Debian 12, TZ=Europe/Paris)."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+from clicktrail.agent.config import load_config
+from clicktrail.agent.lines import split_lines
+from clicktrail.agent.parsers.access_log import AccessLogParser, normalise_target
+from clicktrail.agent.parsers.base import SourceContext
+from clicktrail.agent.routes import route_from_table
+
+from .conftest import CASES, EXAMPLES
+
+DEMO = load_config(EXAMPLES / "clicktrail.toml")
+RICH_SOURCE = DEMO.sources[0]
+COMBINED_SOURCE = dataclasses.replace(RICH_SOURCE, log_format="combined")
+CONTEXT = SourceContext(host="mx1", source="tracking", kind="access_log", path="/var/log/t.log",
+                        generation="ab12", ingest_time=datetime(2026, 12, 5, tzinfo=UTC))
+
+
+def parse(lines: list[str], source=COMBINED_SOURCE):
+    data = "".join(line + "\n" for line in lines).encode()
+    batch, consumed, _, _ = split_lines(data, 0, 65536)
+    assert consumed == len(data)
+    return AccessLogParser(source).parse(batch, CONTEXT)
+
+
+def line(request: str, status: int = 200, when: str = "04/Dec/2026:20:20:32 +0100",
+         agent: str = "Mozilla/5.0") -> str:
+    return f'127.0.0.9 - - [{when}] "{request}" {status} 324 "-" "{agent}"'
+
+
+def test_open_click_unsubscribe_mirror():
+    result = parse([
+        line("GET /o/7d81d5.2ace6.gif HTTP/1.1"),
+        line("GET /r/?id=h3440b0,b0571,b HTTP/1.1", 302),
+        line("POST /u/YmIwOGQwOmNhMjVl HTTP/1.1"),
+        line("HEAD /m/3440b0.8b39f HTTP/1.1"),
+    ])
+    rows = result.events.to_pylist()
+
+    assert [(r["event_type"], r["delivery_id"], r["recipient_id"], r["link_id"]) for r in rows] == [
+        ("open", "7d81d5", "2ace6", None),
+        ("click", "3440b0", "b0571", "b"),
+        ("unsubscribe", "bb08d0", "ca25e", None),
+        ("mirror", "3440b0", "8b39f", None),
+    ]
+    assert [r["http_method"] for r in rows] == ["GET", "GET", "POST", "HEAD"]
+    assert [r["http_status"] for r in rows] == [200, 302, 200, 200]
+    assert result.rejects.num_rows == 0
+
+
+@pytest.mark.parametrize(
+    ("when", "utc"),
+    [
+        ("04/Dec/2026:20:20:32 +0100", datetime(2026, 12, 4, 19, 20, 32, tzinfo=UTC)),
+        ("04/Dec/2026:20:20:32 +0000", datetime(2026, 12, 4, 20, 20, 32, tzinfo=UTC)),
+        ("05/Dec/2026:01:35:32 +0545", datetime(2026, 12, 4, 19, 50, 32, tzinfo=UTC)),
+        ("04/Dec/2026:10:50:32 -0930", datetime(2026, 12, 4, 20, 20, 32, tzinfo=UTC)),
+        ("01/Jan/2027:00:30:00 +1400", datetime(2026, 12, 31, 10, 30, 0, tzinfo=UTC)),
+        ("31/Dec/2026:23:59:59 -1200", datetime(2027, 1, 1, 11, 59, 59, tzinfo=UTC)),
+    ],
+    ids=["paris", "utc", "nepal-minutes", "marquesas-minutes", "kiribati", "baker-island"],
+)
+def test_event_time_is_exact_utc(when, utc):
+    result = parse([line("GET /o/7d81d5.2ace6.gif HTTP/1.1", when=when)])
+
+    assert result.events.column("event_time").to_pylist() == [utc]
+
+
+def test_only_2xx_3xx_become_events():
+    result = parse([
+        line("GET /o/7d81d5.2ace6.gif HTTP/1.1", 200),
+        line("GET /o/7d81d5.2ace6.gif HTTP/1.1", 206),
+        line("GET /r/?id=h3440b0,b0571,b HTTP/1.1", 302),
+        line("GET /o/7d81d5.2ace6.gif HTTP/1.1", 304),
+        line("GET /o/7d81d5.2ace6.gif HTTP/1.1", 404),
+        line("POST /u/YmIwOGQwOmNhMjVl HTTP/1.1", 400),
+        line("GET /r/?id=h3440b0,b0571,b HTTP/1.1", 500),
+    ])
+
+    assert result.events.column("http_status").to_pylist() == [200, 206, 302, 304]
+    assert result.counters["not_successful"] == 3
+
+
+def test_methods_outside_route_are_not_events():
+    result = parse([line("OPTIONS /o/7d81d5.11eac9.gif HTTP/1.1"),
+                    line("PUT /o/3440b0.75aed.gif HTTP/1.1")])
+
+    assert result.events.num_rows == 0
+    assert result.counters["not_routed"] == 2
+
+
+def test_undecodable_token_is_rejected_not_stored():
+    result = parse([line("GET /o/null.gif HTTP/1.1"), line("GET /r/Z2FyYmFnZS01Ng HTTP/1.1", 302),
+                    line("GET /o/YmIwOGQwOmU0OWJh.gif HTTP/1.1")])
+    rejects = result.rejects.to_pylist()
+
+    assert result.events.column("recipient_id").to_pylist() == ["e49ba"]
+    assert [r["reason"] for r in rejects] == [
+        "token does not decode: token is not UTF-8 after decoding",
+        "token does not decode: token has 1 field(s) after decoding, expected 3 separated by ':'",
+    ]
+    assert [r["source_offset"] for r in rejects] == [0, len(line("GET /o/null.gif HTTP/1.1")) + 1]
+    assert rejects[0]["source_path"] == "/var/log/t.log"
+
+
+def test_unparsable_line_is_rejected_and_reading_goes_on():
+    result = parse(["garbage that is no log line", line("GET /o/7d81d5.2ace6.gif HTTP/1.1"),
+                    line("GET /o/7d81d5.2ace6.gif HTTP/1.1", when="99/Foo/2026:20:20:32 +0100")])
+
+    assert result.events.num_rows == 1
+    assert [r["reason"] for r in result.rejects.to_pylist()] == [
+        "line does not match log_format", "invalid time field"]
+
+
+@pytest.mark.parametrize(
+    ("logged_request", "ids"),
+    [
+        ("GET /o/YmIwOGQwOmU0OWJh.gif", ("bb08d0", "e49ba")),  # HTTP/0.9 style, no protocol
+        ("GET /o/YmIwOGQwOmU0OWJh.gif HTTP/9.9", ("bb08d0", "e49ba")),
+        ("GET http://t.mailer.example.com/o/YmIwOGQwOmU0OWJh.gif HTTP/1.1", ("bb08d0", "e49ba")),
+        ("GET //o/7d81d5.960a63.gif HTTP/1.1", ("7d81d5", "960a63")),
+        ("GET /o/../o/7d81d5.fc9960.gif HTTP/1.1", ("7d81d5", "fc9960")),
+        ("GET /o/%31%35%33%34%66%37%2E%34%61%32%36%64%36.gif HTTP/1.1", ("1534f7", "4a26d6")),
+        ("GET /o/YmIwOGQwOmZmZGVk.gif?cb=0ycmqd34jx HTTP/1.1", ("bb08d0", "ffded")),
+    ],
+    ids=["http09", "http99", "absolute-form", "double-slash", "dot-segments", "percent-encoded",
+         "cache-buster"],
+)
+def test_request_oddities_apache_served(logged_request, ids):
+    result = parse([line(logged_request)])
+    row = result.events.to_pylist()[0]
+
+    assert (row["delivery_id"], row["recipient_id"]) == ids
+
+
+@pytest.mark.parametrize(
+    ("target", "normalised"),
+    [
+        ("/r/?id=h3440b0,b0571,b", "/r/?id=h3440b0,b0571,b"),
+        ("/r/bb08d0%2F25aa0%2F1", "/r/bb08d0%2F25aa0%2F1"),
+        ("/o/%C3%BCn.gif", "/o/%C3%BCn.gif"),
+        ("/a/./b/../c//d.gif?x=/../y", "/a/c/d.gif?x=/../y"),
+        ("HTTP://Host:8080", "/"),
+    ],
+)
+def test_normalise_target(target, normalised):
+    assert normalise_target(target) == normalised
+
+
+def test_escaped_user_agent_is_decoded():
+    agent = "Mozilla/5.0 (Linux; Android 13; ru-RU) \\xd0\\x9f\\xd0\\xbe\\xd1\\x87\\xd1\\x82\\xd0\\xb0/1.0"
+    result = parse([line("GET /o/YmIwOGQwOmE3YjM4ZA.gif HTTP/1.1", agent=agent)])
+
+    assert result.events.column("user_agent").to_pylist() == [
+        "Mozilla/5.0 (Linux; Android 13; ru-RU) Почта/1.0"]
+
+
+def test_custom_route_ids_cannot_carry_paths():
+    route = route_from_table({"event": "click", "pattern": r"^/c/(?P<delivery_id>.+)/(?P<recipient_id>\w+)$"})
+    source = dataclasses.replace(COMBINED_SOURCE, routes=(route,))
+
+    result = parse([line("GET /c/..%2F..%2Fetc/x1 HTTP/1.1", 302),
+                    line("GET /c/<script>/x1 HTTP/1.1", 302),
+                    line("GET /c/ok/x1 HTTP/1.1", 302)], source)
+
+    assert result.events.column("delivery_id").to_pylist() == ["ok"]
+    assert result.rejects.column("reason").to_pylist() == [
+        "invalid id: delivery_id is empty, too long or holds characters an id cannot have"] * 2
+
+
+def test_location_is_the_url_in_rich_format():
+    rich = ('127.202.155.177 - - [04/Dec/2026:20:20:32 +0100] "GET /r/?id=h3440b0,b0571,b HTTP/1.1"'
+            ' 302 613 "-" "Mozilla/5.0" "https://events.example.com/register?e=2026-12-20&seat=A%2612'
+            '#form" 250 "198.51.100.103, 203.0.113.247" t.mailer.example.com')
+    row = parse([rich], RICH_SOURCE).events.to_pylist()[0]
+
+    assert row["url"] == "https://events.example.com/register?e=2026-12-20&seat=A%2612#form"
+    assert row["response_time_us"] == 250
+    assert row["vhost"] == "t.mailer.example.com"
+    assert row["forwarded_for"] == "198.51.100.103, 203.0.113.247"
+
+
+EXPECTED = json.loads((CASES / "expected_demo_logs.json").read_text())
+
+
+def read_rotated(prefix: str) -> list[tuple[str, bytes]]:
+    names = [f"{prefix}.3.gz", f"{prefix}.2.gz", f"{prefix}.1", prefix]
+    logs = EXAMPLES / "logs" / "apache"
+    return [(name, gzip.decompress((logs / name).read_bytes()) if name.endswith(".gz")
+             else (logs / name).read_bytes()) for name in names]
+
+
+@pytest.mark.parametrize(("prefix", "source", "key"), [
+    ("tracking_access.log", COMBINED_SOURCE, "apache_combined"),
+    ("tracking_rich.log", RICH_SOURCE, "apache_rich"),
+], ids=["combined", "custom-format"])
+def test_real_logs_match_ground_truth(prefix, source, key):
+    parser = AccessLogParser(source)
+    counts: Counter = Counter()
+    for _name, data in read_rotated(prefix):
+        batch, _, _, _ = split_lines(data, 0, 65536)
+        events = parser.parse(batch, CONTEXT).events.to_pylist()
+        for row in events:
+            counts[(row["delivery_id"], row["event_type"])] += 1
+            if row["event_type"] == "unsubscribe" and row["http_method"] == "POST":
+                counts[(row["delivery_id"], "unsubscribe_post")] += 1
+
+    expected = {(d, kind): n for d, kinds in EXPECTED[key].items() for kind, n in kinds.items()}
+    assert dict(counts) == expected

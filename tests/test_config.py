@@ -1,0 +1,147 @@
+"""Config validation: every invalid value is named with its file and key, exit status 78."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from clicktrail.agent.cli import main
+from clicktrail.agent.config import ConfigError, load_config
+
+VALID = """
+[agent]
+host_id = "mx1"
+state_dir = "state"
+
+[store]
+url = "file:///srv/clicktrail/store"
+
+[[sources]]
+name = "tracking"
+kind = "access_log"
+paths = ["/var/log/apache2/access.log*"]
+routes = "generic"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "clicktrail.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_config_loads(tmp_path):
+    config = load_config(write(tmp_path, VALID))
+
+    assert config.agent.host_id == "mx1"
+    assert config.agent.state_dir == str(tmp_path / "state")
+    assert config.agent.max_batch_bytes == 8 * 1024 * 1024
+    assert config.sources[0].log_format == "combined"
+    assert [r.name for r in config.sources[0].routes] == [
+        "generic-open", "generic-click", "generic-unsubscribe", "generic-mirror"]
+
+
+def test_example_config_is_valid():
+    config = load_config(Path(__file__).parent.parent / "config.example.toml")
+    assert config.sources
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "key", "message"),
+    [
+        ('host_id = "mx1"', 'host_id = "../etc"', "agent.host_id", "invalid value '../etc'"),
+        ('host_id = "mx1"', "host_id = 3", "agent.host_id", "expected a non-empty string, got 3"),
+        ('state_dir = "state"', 'state_dir = "state"\nmax_batch_bytes = "big"',
+         "agent.max_batch_bytes", "expected an integer, got 'big'"),
+        ('state_dir = "state"', 'state_dir = "state"\nflush_interval_s = 0',
+         "agent.flush_interval_s", "value 0 out of range; expected 0.1 to 3600"),
+        ('state_dir = "state"', 'state_dir = "state"\nmax_line_byte = 10',
+         "agent.max_line_byte", "unknown key"),
+        ('url = "file:///srv/clicktrail/store"', 'url = "ftp://x/y"', "store.url",
+         "unsupported scheme in 'ftp://x/y'"),
+        ('kind = "access_log"', 'kind = "sendmail"', "sources[0].kind",
+         "invalid value 'sendmail'; expected one of: access_log, postfix"),
+        ('name = "tracking"', 'name = "a/b"', "sources[0].name", "invalid value 'a/b'"),
+        ('paths = ["/var/log/apache2/access.log*"]', "paths = []", "sources[0].paths",
+         "expected at least one entry"),
+        ('routes = "generic"', 'routes = "wordpress"', "sources[0].routes",
+         "unknown preset 'wordpress'"),
+        ('routes = "generic"', 'routes = "generic"\nlog_format = "%h %u"', "sources[0].log_format",
+         "has no time directive"),
+        ('routes = "generic"', 'routes = "generic"\nlog_format = "%h %t %Y %r %s"',
+         "sources[0].log_format", "unsupported directive '%Y'"),
+        ('routes = "generic"',
+         "routes = \"generic\"\n[[sources.route]]\nevent = \"open\"\npattern = '^/o/(?P<x>\\\\w+)'",
+         "sources[0].route[0].pattern", "unknown named group(s) ['x']"),
+        ('routes = "generic"',
+         "routes = \"generic\"\n[[sources.route]]\nevent = \"open\"\npattern = '^/o/(?=a)'",
+         "sources[0].route[0].pattern", "not supported by the RE2 engine"),
+        ('routes = "generic"',
+         "routes = \"generic\"\n[[sources.route]]\nevent = \"view\"\npattern = '^/v'",
+         "sources[0].route[0].event", "invalid value 'view'"),
+        ('routes = "generic"',
+         "routes = \"generic\"\n[[sources.route]]\nevent = \"open\"\n"
+         "pattern = '^/o/(?P<token>\\\\w+)'\ntoken_decode = \"base64url\"",
+         "sources[0].route[0].token_fields", "must list what the token holds"),
+        ('routes = "generic"', 'routes = "generic"\ntimezone = "Mars/Olympus"',
+         "sources[0].timezone", "unknown time zone 'Mars/Olympus'"),
+    ],
+    ids=["host-path", "host-type", "batch-type", "flush-range", "unknown-key", "store-scheme",
+         "kind", "source-name", "paths-empty", "preset", "format-no-time", "format-directive",
+         "route-group", "route-re2", "route-event", "route-token-fields", "timezone"],
+)
+def test_invalid_value_names_key(tmp_path, replace, by, key, message):
+    assert replace in VALID
+    path = write(tmp_path, VALID.replace(replace, by, 1))
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{path}: {key}: ")
+    assert message in str(caught.value)
+
+
+def test_password_in_config_rejected(tmp_path):
+    path = write(tmp_path, VALID + '\n[email]\nsmtp_host = "127.0.0.1"\nfrom = "a@example.com"\n'
+                 'password = "hunter2"\n')
+
+    with pytest.raises(ConfigError, match="passwords are not read from the config file"):
+        load_config(path)
+
+
+def test_check_config_exit_78(tmp_path):
+    path = write(tmp_path, VALID.replace('kind = "access_log"', 'kind = "sendmail"'))
+
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+
+    assert result.exit_code == 78
+    assert result.output == (
+        f"Error: invalid configuration: {path}: sources[0].kind: invalid value 'sendmail'; "
+        "expected one of: access_log, postfix\n")
+
+
+def test_check_config_missing_file(tmp_path):
+    result = CliRunner().invoke(main, ["check-config", "--config", str(tmp_path / "nope.toml")])
+
+    assert result.exit_code == 78
+    assert "nope.toml: file not found" in result.output
+
+
+def test_check_config_bad_toml(tmp_path):
+    path = write(tmp_path, "[agent\n")
+
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+
+    assert result.exit_code == 78
+    assert "invalid TOML" in result.output
+
+
+def test_check_config_ok(tmp_path):
+    path = write(tmp_path, VALID)
+
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+
+    assert result.exit_code == 0
+    assert result.output == f"{path}: OK (1 source(s), store file:///srv/clicktrail/store)\n"

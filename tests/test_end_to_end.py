@@ -1,0 +1,96 @@
+"""The main job on the bundled real logs: agent once, catalog import, nightly HTML and PDF."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+from click.testing import CliRunner
+from clicktrail.agent.cli import main as agent_main
+from clicktrail.reporter.cli import main as report_main
+
+from .conftest import CASES, EXAMPLES, copy_logs, demo_config_text, write_config
+
+EXPECTED = json.loads((CASES / "expected_demo_logs.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo_reports(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    for name in ("logs", "state", "store", "reports"):
+        (workdir / name).mkdir()
+    copy_logs("apache/tracking_rich.log*", workdir / "logs")
+    copy_logs("postfix/postfix.log*", workdir / "logs")
+    config = write_config(workdir, demo_config_text(
+        tracking_paths=str(workdir / "logs" / "tracking_rich.log*"),
+        mta_paths=str(workdir / "logs" / "postfix.log*")))
+    catalog = sorted(str(p) for p in (EXAMPLES / "catalog" / "deliveries").glob("*.json"))
+
+    runner = CliRunner()
+    steps = [
+        (agent_main, ["once", "--config", str(config)]),
+        (report_main, ["import-catalog", "--config", str(config), *catalog]),
+        (report_main, ["nightly", "--config", str(config), "--date", "2026-12-04"]),
+    ]
+    for command, args in steps:
+        result = runner.invoke(command, args)
+        assert result.exit_code == 0, result.output
+    return workdir / "reports" / "2026-12-04"
+
+
+def pdf_text(path) -> str:
+    completed = subprocess.run(["pdftotext", "-layout", str(path), "-"], check=True,
+                               capture_output=True, text=True)
+    return completed.stdout
+
+
+def figure(text: str, label: str) -> int:
+    """Read the count after a label; reports group thousands with a space ("1 140")."""
+    match = re.search(rf"^{re.escape(label)}\s+(\d{{1,3}}(?:[ \u202f\u00a0]\d{{3}})*)\b", text, re.M)
+    assert match, f"{label!r} not found"
+    return int(re.sub(r"\D", "", match.group(1)))
+
+
+@pytest.mark.parametrize("delivery", ["bb08d0", "7d81d5"])
+def test_pdf_delivery_figures_match_ground_truth(demo_reports, delivery):
+    text = pdf_text(demo_reports / f"delivery-{delivery}.pdf")
+    mta = EXPECTED["postfix_runA"][delivery]
+
+    assert figure(text, "Delivered") == mta["sent"]
+    assert figure(text, "Hard bounces") == mta["bounced"]
+    assert figure(text, "Soft bounces") == mta["expired"]
+    assert figure(text, "Rejected") == mta["rejected"]
+    assert figure(text, "Processed") == sum(mta.values())
+
+
+@pytest.mark.parametrize("delivery", ["bb08d0", "7d81d5", "5a4865", "1534f7", "3440b0", "c51a19"])
+def test_pdf_engagement_figures_match_ground_truth(demo_reports, delivery):
+    text = pdf_text(demo_reports / f"delivery-{delivery}.pdf")
+    hits = EXPECTED["apache_rich"][delivery]
+    unique = EXPECTED["apache_unique_rich"][delivery]
+
+    assert figure(text, "Opens") == hits["open"]
+    assert figure(text, "Unique opens") == unique["unique_openers"]
+    assert figure(text, "Opens including clicks") == unique["openers_or_clickers"]
+    assert figure(text, "Clicks") == hits["click"]
+    assert figure(text, "Unique clickers") == unique["unique_clickers"]
+    assert figure(text, "Unsubscriptions") == unique["unsubscribers"]
+    assert figure(text, "Mirror page views") == hits.get("mirror", 0)
+
+
+def test_pdf_shows_catalog_name_and_links(demo_reports):
+    text = pdf_text(demo_reports / "delivery-bb08d0.pdf")
+
+    assert "Campaign 1" in text
+    assert "Winter sale starts now" in text
+    assert "https://shop.example.com/winter-sale?" in text
+
+
+def test_index_links_every_delivery(demo_reports):
+    index = (demo_reports / "index.html").read_text()
+
+    for delivery in ("bb08d0", "7d81d5", "5a4865", "1534f7", "3440b0", "c51a19"):
+        assert f'href="delivery-{delivery}.html"' in index
+        assert (demo_reports / f"delivery-{delivery}.html").exists()
