@@ -215,3 +215,42 @@ def test_real_logs_match_ground_truth(prefix, source, key):
 
     expected = {(d, kind): n for d, kinds in EXPECTED[key].items() for kind, n in kinds.items()}
     assert dict(counts) == expected
+
+
+def preset_source(preset: str):
+    from clicktrail.agent.routes import PRESETS
+
+    return dataclasses.replace(COMBINED_SOURCE, routes=PRESETS[preset])
+
+
+@pytest.mark.parametrize(
+    ("preset", "request_line", "expected"),
+    [
+        # Adobe Campaign Classic: content letter, broadlog hex, delivery hex, url id hex.
+        ("adobe", "GET /r/?id=h2f4a1,4d5e6,1 HTTP/1.1", ("open", "4d5e6", "2f4a1", None)),
+        ("adobe", "GET /r/?id=h2f4a1,4d5e6,1a&p1=fr HTTP/1.1", ("click", "4d5e6", "2f4a1", "1a")),
+        ("adobe", "GET /r/?id=t2f4a1,4d5e6,5 HTTP/1.1", ("click", "4d5e6", "2f4a1", "5")),
+        ("generic", "GET /o/d-1/r_2.gif?cb=9 HTTP/1.1", ("open", "d-1", "r_2", None)),
+        ("generic", "GET /r/d1/r2/l3 HTTP/1.1", ("click", "d1", "r2", "l3")),
+        ("generic", "POST /u/d1/r2 HTTP/1.1", ("unsubscribe", "d1", "r2", None)),
+        ("generic", "GET /m/d1/r2/ HTTP/1.1", ("mirror", "d1", "r2", None)),
+        ("listmonk", "GET /campaign/c1/s2/px.png HTTP/1.1", ("open", "c1", "s2", None)),
+        ("listmonk", "GET /link/l9/c1/s2 HTTP/1.1", ("click", "c1", "s2", "l9")),
+        ("mautic", "GET /index.php/email/ab12.gif HTTP/1.1", ("open", None, "ab12", None)),
+    ],
+)
+def test_route_presets(preset, request_line, expected):
+    result = parse([line(request_line, 302)], preset_source(preset))
+    rows = result.events.to_pylist()
+
+    assert len(rows) == 1
+    assert (rows[0]["event_type"], rows[0]["delivery_id"], rows[0]["recipient_id"],
+            rows[0]["link_id"]) == expected
+
+
+def test_generic_preset_ignores_other_paths():
+    result = parse([line("GET /o/../../etc/passwd HTTP/1.1"), line("GET /r/a/b HTTP/1.1"),
+                    line("GET /u/" + "x" * 65 + "/r2 HTTP/1.1")], preset_source("generic"))
+
+    assert result.events.num_rows == 0
+    assert result.counters["not_routed"] == 3
