@@ -21,6 +21,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     source TEXT NOT NULL,
     generation TEXT NOT NULL,
+    base_generation TEXT NOT NULL,
     path TEXT NOT NULL,
     device INTEGER,
     inode INTEGER,
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS agent_status (
 class FileCheckpoint:
     source: str
     generation: str
+    base_generation: str
     path: str
     device: int | None
     inode: int | None
@@ -64,6 +66,10 @@ class FileCheckpoint:
     offset: int
     size: int
     complete: bool
+
+
+_FILE_COLUMNS = ("source, generation, base_generation, path, device, inode, fingerprint, offset, "
+                 "size, complete")
 
 
 class CheckpointStore:
@@ -79,17 +85,15 @@ class CheckpointStore:
         self.db.close()
 
     def file(self, source: str, generation: str) -> FileCheckpoint | None:
-        row = self.db.execute(
-            "SELECT source, generation, path, device, inode, fingerprint, offset, size, complete "
-            "FROM files WHERE source = ? AND generation = ?", (source, generation)).fetchone()
-        return FileCheckpoint(*row[:8], complete=bool(row[8])) if row else None
+        row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE source = ? AND "
+                              "generation = ?", (source, generation)).fetchone()
+        return _checkpoint(row) if row else None
 
     def files(self, source: str | None = None) -> list[FileCheckpoint]:
-        query = ("SELECT source, generation, path, device, inode, fingerprint, offset, size, "
-                 "complete FROM files")
+        query = f"SELECT {_FILE_COLUMNS} FROM files"
         rows = (self.db.execute(query + " WHERE source = ? ORDER BY updated", (source,))
                 if source else self.db.execute(query + " ORDER BY source, updated"))
-        return [FileCheckpoint(*row[:8], complete=bool(row[8])) for row in rows]
+        return [_checkpoint(row) for row in rows]
 
     def parser_state(self, source: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT state FROM parser_state WHERE source = ?",
@@ -105,30 +109,36 @@ class CheckpointStore:
             result.setdefault(src, {})[name] = value
         return result
 
-    def commit(self, checkpoint: FileCheckpoint, parser_state: dict[str, Any] | None,
-               counters: dict[str, int]) -> None:
-        """Record that checkpoint.offset is reached, with the parser state and counts there."""
+    def commit(self, checkpoints: list[FileCheckpoint], source: str,
+               parser_state: dict[str, Any] | None, counters: dict[str, int]) -> None:
+        """Record the offsets reached in a source's files, with the parser state and counts.
+
+        One transaction: after a crash either all of them are at the new point or none.
+        """
+        now = time.time()
         with self._transaction():
-            self.db.execute(
-                "INSERT INTO files (source, generation, path, device, inode, fingerprint, "
-                "offset, size, complete, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (source, generation) DO UPDATE SET path = excluded.path, "
-                "device = excluded.device, inode = excluded.inode, "
-                "fingerprint = excluded.fingerprint, offset = excluded.offset, "
-                "size = excluded.size, complete = excluded.complete, updated = excluded.updated",
-                (checkpoint.source, checkpoint.generation, checkpoint.path, checkpoint.device,
-                 checkpoint.inode, checkpoint.fingerprint, checkpoint.offset, checkpoint.size,
-                 int(checkpoint.complete), time.time()))
+            for checkpoint in checkpoints:
+                self.db.execute(
+                    f"INSERT INTO files ({_FILE_COLUMNS}, updated) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (source, generation) DO UPDATE SET path = excluded.path, "
+                    "device = excluded.device, inode = excluded.inode, "
+                    "fingerprint = excluded.fingerprint, offset = excluded.offset, "
+                    "size = excluded.size, complete = excluded.complete, "
+                    "updated = excluded.updated",
+                    (checkpoint.source, checkpoint.generation, checkpoint.base_generation,
+                     checkpoint.path, checkpoint.device, checkpoint.inode, checkpoint.fingerprint,
+                     checkpoint.offset, checkpoint.size, int(checkpoint.complete), now))
             if parser_state is not None:
                 self.db.execute(
                     "INSERT INTO parser_state (source, state) VALUES (?, ?) "
                     "ON CONFLICT (source) DO UPDATE SET state = excluded.state",
-                    (checkpoint.source, json.dumps(parser_state, separators=(",", ":"))))
+                    (source, json.dumps(parser_state, separators=(",", ":"))))
             for name, value in counters.items():
                 self.db.execute(
                     "INSERT INTO counters (source, name, value) VALUES (?, ?, ?) "
                     "ON CONFLICT (source, name) DO UPDATE SET value = value + excluded.value",
-                    (checkpoint.source, name, int(value)))
+                    (source, name, int(value)))
 
     def record_upload(self, name: str, size: int) -> None:
         with self._transaction():
@@ -161,3 +171,7 @@ class _Transaction:
             self.db.execute("COMMIT")
         else:
             self.db.execute("ROLLBACK")
+
+
+def _checkpoint(row: tuple) -> FileCheckpoint:
+    return FileCheckpoint(*row[:9], complete=bool(row[9]))

@@ -1,40 +1,49 @@
 """Read sources from their checkpoints, parse, seal batches into the spool, commit, forward.
 
-This is the one pass behind `clicktrail-agent once`; the daemon loop runs the same steps when
-files change. The order of the steps is the exactly-once contract: a batch is sealed in the
-spool before its checkpoint moves, and uploaded only after that.
+The order of the steps is the exactly-once contract: a batch (lines [A, B) of one generation) is
+sealed in the spool under a name fixed by (host, source, generation, A) before its checkpoint
+moves to B, and it is uploaded only after that. `clicktrail-agent once` runs the steps until
+every file is read to its end; the daemon runs them whenever files change.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
+import zlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from typing import BinaryIO
 
-import numpy as np
-import pyarrow as pa
-
-from . import schema, spool, tailer
+from . import spool, tailer
+from .batch import Batch
 from .checkpoint import CheckpointStore, FileCheckpoint
 from .config import Config, SourceConfig
 from .forwarder import forward_pending
 from .lines import split_lines
 from .parsers import make_parser
-from .parsers.base import LineBatch, Parser, SourceContext, build_rejects
+from .parsers.base import Parser
 from .store import open_store
 
 log = logging.getLogger(__name__)
 
+# A rotated file that left the globs (or was deleted) while open is read through its open
+# descriptor until it has not grown for this long; old web server workers may still write to it.
+VANISHED_GRACE_S = 60.0
+
 
 @dataclass
 class PassResult:
-    files_read: int = 0
+    files: set[str] = field(default_factory=set)
     lines: int = 0
     events: int = 0
     rejects: int = 0
     uploaded: int = 0
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def files_read(self) -> int:
+        return len(self.files)
 
 
 def run_once(config: Config) -> PassResult:
@@ -44,7 +53,16 @@ def run_once(config: Config) -> PassResult:
     try:
         discard_uncommitted(config.agent.state_dir, checkpoints)
         for source in config.sources:
-            SourceReader(config, source, checkpoints).read_all(result)
+            tail = SourceTail(config, source, checkpoints)
+            try:
+                while True:
+                    more = tail.poll(result)
+                    tail.flush(result)
+                    if not more:
+                        break
+                tail.flush(result)
+            finally:
+                tail.close()
         store = open_store(config.store.url, config.store.endpoint_override, config.store.region)
         result.uploaded = forward_pending(config.agent.state_dir, store, checkpoints)
     finally:
@@ -55,26 +73,28 @@ def run_once(config: Config) -> PassResult:
 def discard_uncommitted(state_dir: str, checkpoints: CheckpointStore) -> None:
     """Delete spool files of batches whose checkpoint never committed.
 
-    A crash between sealing a batch and committing its checkpoint leaves such a file; the batch
+    A crash between sealing a batch and committing its checkpoint leaves such a file. The batch
     is read again from the committed offset, possibly with other boundaries, so the old file
-    must not reach the store. It was never uploaded: uploads start after the commit.
+    must not reach the store. It was never uploaded, because uploads start after the commit.
     """
     offsets = {(cp.source, cp.generation): cp.offset for cp in checkpoints.files()}
     root = spool.spool_root(state_dir)
     for relative in list(spool.pending(state_dir)):
         name = os.path.basename(relative)[: -len(".parquet")]
         host_source_generation, _, first_offset = name.rpartition("-")
-        rest, _, generation = host_source_generation.rpartition("-")
-        source = next((s for (s, g) in offsets if g == generation and rest.endswith(f"-{s}")), None)
-        committed = offsets.get((source, generation), 0) if source else 0
+        host_source, _, generation = host_source_generation.rpartition("-")
+        committed = 0
+        for (source, known_generation), offset in offsets.items():
+            if known_generation == generation and host_source.endswith(f"-{source}"):
+                committed = offset
         if int(first_offset) >= committed:
             log.warning("discarding uncommitted spool file %s; its lines will be read again",
                         relative)
             os.unlink(os.path.join(root, relative))
 
 
-class SourceReader:
-    """Reads the files of one source in rotation order through one parser."""
+class SourceTail:
+    """Follows the files of one source through one parser, batch by batch."""
 
     def __init__(self, config: Config, source: SourceConfig, checkpoints: CheckpointStore):
         self.agent = config.agent
@@ -85,145 +105,243 @@ class SourceReader:
         if state is not None:
             self.parser.restore(state)
 
-    def read_all(self, result: PassResult) -> None:
-        seen: set[str] = set()
+        self.known: dict[str, tailer.Generation] = {}
+        for cp in checkpoints.files(source.name):
+            self.known[cp.generation] = tailer.Generation(
+                generation=cp.generation, base_generation=cp.base_generation, path=cp.path,
+                device=cp.device, inode=cp.inode, head=cp.fingerprint, offset=cp.offset,
+                complete=cp.complete)
+        self.batches: dict[str, Batch] = {}
+        self.handles: dict[str, BinaryIO] = {}
+        # generation -> (offset where a line longer than max_line_bytes starts, its head)
+        self.skipping: dict[str, tuple[int, bytes]] = {}
+        self.vanished: dict[str, float] = {}
+        self.oldest_unflushed: float | None = None
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(batch.size_bytes for batch in self.batches.values())
+
+    def unflushed_age(self, now: float) -> float:
+        return 0.0 if self.oldest_unflushed is None else now - self.oldest_unflushed
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+
+    def poll(self, result: PassResult) -> bool:
+        """Read new complete lines from every file; True when it stopped at max_batch_bytes."""
+        found = self._scan()
+        for state, generation in found:
+            if generation.complete:
+                continue
+            if self._read(state, generation, result):
+                return True
+        self._drain_vanished({generation.generation for _, generation in found}, result)
+        return False
+
+    def _scan(self) -> list[tuple[tailer.FileState, tailer.Generation]]:
+        chosen: dict[str, tuple[tailer.FileState, tailer.Generation]] = {}
         for path in tailer.discover(self.source.paths, self.source.exclude):
-            log_file = tailer.identify(path, self.source.name, self.agent.fingerprint_bytes,
-                                       self.agent.max_line_bytes)
-            if log_file is None or log_file.generation in seen:
+            state = tailer.stat_file(path, self.source.name, self.agent.fingerprint_bytes,
+                                     self.agent.max_line_bytes)
+            if state is None:
                 continue
-            seen.add(log_file.generation)
-            checkpoint = self.checkpoints.file(self.source.name, log_file.generation)
-            if checkpoint is not None and checkpoint.complete:
-                continue
-            offset = checkpoint.offset if checkpoint else 0
-            if not log_file.compressed and log_file.size < offset:
-                log.warning("source %s: %s is shorter (%d bytes) than its checkpoint (%d); "
-                            "skipping it until it grows", self.source.name, path, log_file.size,
-                            offset)
-                continue
-            self._read_file(log_file, offset, result)
+            generation = tailer.resolve(state, self.known)
+            previous = chosen.get(generation.generation)
+            # The same content under two names (x.log.1 while gzip writes x.log.2.gz): read the
+            # uncompressed one, which can be read from an offset without decompressing.
+            if previous is None or (previous[0].compressed and not state.compressed):
+                chosen[generation.generation] = (state, generation)
 
-    def _read_file(self, log_file: tailer.LogFile, offset: int, result: PassResult) -> None:
-        batch = _BatchBuilder(self, log_file, offset)
-        carry = b""
-        carry_offset = offset
-        skipping_from: int | None = None
+        for state, generation in chosen.values():
+            if generation.generation not in self.known:
+                log.info("source %s: new file %s (generation %s)", self.source.name, state.path,
+                         generation.generation)
+                self.known[generation.generation] = generation
+            elif generation.path != state.path:
+                log.info("source %s: generation %s moved from %s to %s", self.source.name,
+                         generation.generation, generation.path, state.path)
+            generation.path = state.path
+            if not state.compressed:
+                generation.device, generation.inode = state.device, state.inode
+            if len(state.head) > len(generation.head):
+                generation.head = state.head
+            self.vanished.pop(generation.generation, None)
+        return sorted(chosen.values(), key=lambda item: tailer.rotation_key(item[0].path))
+
+    def _read(self, state: tailer.FileState, generation: tailer.Generation,
+              result: PassResult) -> bool:
+        if state.compressed:
+            return self._read_compressed(state, generation, result)
+
+        handle = self._handle(generation, state)
+        if handle is None:
+            return False
+        return self._read_handle(handle, generation, result)
+
+    def _handle(self, generation: tailer.Generation, state: tailer.FileState) -> BinaryIO | None:
+        handle = self.handles.get(generation.generation)
+        if handle is not None:
+            stat = os.fstat(handle.fileno())
+            if (stat.st_dev, stat.st_ino) == (state.device, state.inode):
+                return handle
+            handle.close()
+        try:
+            handle = open(state.path, "rb")  # noqa: SIM115 (kept open across polls)
+        except OSError as exc:
+            log.warning("source %s: cannot open %s: %s", self.source.name, state.path, exc)
+            return None
+        stat = os.fstat(handle.fileno())
+        if (stat.st_dev, stat.st_ino) != (state.device, state.inode):
+            handle.close()
+            return None  # replaced between stat and open: the next scan sees the new file
+        self.handles[generation.generation] = handle
+        return handle
+
+    def _read_handle(self, handle: BinaryIO, generation: tailer.Generation,
+                     result: PassResult) -> bool:
+        # A read longer than max_line_bytes always holds a newline or starts a skipped line.
+        chunk_bytes = max(self.agent.read_chunk_bytes, self.agent.max_line_bytes + 1)
+        handle.seek(generation.offset)
+        while True:
+            data = handle.read(chunk_bytes)
+            if not data:
+                return False
+            self._consume(generation, data, result)
+            handle.seek(generation.offset)
+            if self.pending_bytes >= self.agent.max_batch_bytes:
+                return True
+            if len(data) < chunk_bytes:
+                return False
+
+    def _read_compressed(self, state: tailer.FileState, generation: tailer.Generation,
+                         result: PassResult) -> bool:
+        buffer = b""
+        buffer_offset = generation.offset
+        try:
+            for offset, data in tailer.read_compressed(state.path, generation.offset,
+                                                       self.agent.read_chunk_bytes):
+                if not buffer:
+                    buffer_offset = offset
+                buffer += data
+                consumed = self._consume(generation, buffer, result, buffer_offset)
+                buffer = buffer[consumed:]
+                buffer_offset += consumed
+                if self.pending_bytes >= self.agent.max_batch_bytes:
+                    return True
+        except (EOFError, zlib.error) as exc:
+            # Still being written by gzip, or damaged: read again at the next scan.
+            log.info("source %s: %s ends early (%s); will read it again", self.source.name,
+                     state.path, exc)
+            return False
+        except OSError as exc:
+            log.error("source %s: %s", self.source.name, exc)
+            generation.complete = True
+            return False
+
+        if not buffer and generation.generation not in self.skipping:
+            generation.complete = True
+            self._batch(generation).touch(generation.offset)
+        return False
+
+    def _consume(self, generation: tailer.Generation, data: bytes, result: PassResult,
+                 data_offset: int | None = None) -> int:
+        """Parse the complete lines at the start of data; return the bytes consumed.
+
+        While a line longer than max_line_bytes is skipped, the batch ends where that line
+        starts, so a checkpoint never lands inside it and a restart skips it again from its
+        start (and rejects it once).
+        """
+        data_offset = generation.offset if data_offset is None else data_offset
         max_line = self.agent.max_line_bytes
+        batch = self._batch(generation)
+        consumed = 0
 
-        for chunk_offset, data in tailer.read_chunks(log_file, offset, self.agent.read_chunk_bytes):
-            if skipping_from is not None:
-                newline = data.find(b"\n")
-                if newline < 0:
-                    continue
-                batch.note_long_line(skipping_from, carry, chunk_offset + newline + 1 - skipping_from)
-                data = data[newline + 1:]
-                chunk_offset += newline + 1
-                carry, carry_offset, skipping_from = b"", chunk_offset, None
+        skipping = self.skipping.get(generation.generation)
+        if skipping is not None:
+            newline = data.find(b"\n")
+            if newline < 0:
+                generation.offset = data_offset + len(data)
+                return len(data)
+            start, head = skipping
+            batch.reject_long_line(start, head, data_offset + newline - start)
+            del self.skipping[generation.generation]
+            consumed = newline + 1
 
-            buffer = carry + data if carry else data
-            lines, consumed, replaced, _ = split_lines(buffer, carry_offset, max_line)
-            batch.add(lines, carry_offset + consumed, replaced)
-            carry = buffer[consumed:]
-            carry_offset += consumed
+        lines, used, replaced, _ = split_lines(data[consumed:], data_offset + consumed, max_line)
+        consumed += used
+        batch.add(lines, replaced)
+        batch.touch(data_offset + consumed)
+        if len(data) - consumed > max_line:
+            # A line longer than max_line_bytes with no end in sight: keep its head for the
+            # reject and skip the rest up to its newline instead of buffering it whole.
+            self.skipping[generation.generation] = (data_offset + consumed,
+                                                    data[consumed:consumed + max_line])
+            consumed = len(data)
 
-            if len(carry) > max_line:
-                # A line longer than max_line_bytes with no end in sight: keep its head for the
-                # reject and skip the rest up to its newline instead of buffering it whole.
-                skipping_from, carry = carry_offset, carry[:max_line]
-            if batch.size_bytes >= self.agent.max_batch_bytes:
-                batch.flush(result)
+        generation.offset = data_offset + consumed
+        if len(lines):
+            result.files.add(generation.path)
+            if self.oldest_unflushed is None:
+                self.oldest_unflushed = time.monotonic()
+        return consumed
 
-        batch.flush(result, complete=log_file.compressed and skipping_from is None and not carry)
-        result.files_read += 1
+    def _batch(self, generation: tailer.Generation) -> Batch:
+        batch = self.batches.get(generation.generation)
+        if batch is None:
+            batch = Batch(self.agent.host_id, self.source, generation, self.parser,
+                          self.agent.max_line_bytes)
+            self.batches[generation.generation] = batch
+        return batch
 
+    def _drain_vanished(self, present: set[str], result: PassResult) -> None:
+        """Read files that left the globs or were deleted through their open descriptors."""
+        now = time.monotonic()
+        for generation_id, handle in list(self.handles.items()):
+            if generation_id in present:
+                continue
+            generation = self.known[generation_id]
+            before = generation.offset
+            self._read_handle(handle, generation, result)
+            if generation_id not in self.vanished or generation.offset != before:
+                self.vanished[generation_id] = now
+                log.info("source %s: %s is gone from the globs; reading it through its open "
+                         "descriptor", self.source.name, generation.path)
+            elif now - self.vanished[generation_id] >= VANISHED_GRACE_S:
+                handle.close()
+                del self.handles[generation_id]
+                del self.vanished[generation_id]
+                generation.complete = generation_id not in self.skipping
+                self._batch(generation).touch(generation.offset)
 
-class _BatchBuilder:
-    """Collects parse results of one file generation until they are flushed as one batch."""
-
-    def __init__(self, reader: SourceReader, log_file: tailer.LogFile, offset: int):
-        self.reader = reader
-        self.log_file = log_file
-        self.first_offset = offset
-        self.end_offset = offset
-        self.events: list[pa.Table] = []
-        self.rejects: list[pa.Table] = []
-        self.counters: dict[str, int] = {}
-        self.size_bytes = 0
-
-    def context(self) -> SourceContext:
-        source = self.reader.source
-        return SourceContext(host=self.reader.agent.host_id, source=source.name, kind=source.kind,
-                             path=self.log_file.path, generation=self.log_file.generation,
-                             ingest_time=datetime.now(UTC))
-
-    def add(self, lines: LineBatch, end_offset: int, replaced: int) -> None:
-        self.end_offset = end_offset
-        if len(lines) == 0:
+    def flush(self, result: PassResult) -> None:
+        """Seal every open batch of the source into the spool, then commit one checkpoint."""
+        moved = [b for b in self.batches.values() if b.end_offset > b.first_offset or b.changed]
+        if not moved:
             return
-        max_line = self.reader.agent.max_line_bytes
-        too_long = lines.line_bytes > max_line
-        if too_long.any():
-            rows = np.flatnonzero(too_long)
-            self._reject_rows(lines, rows, f"line longer than max_line_bytes ({max_line})")
-            keep = pa.array(np.flatnonzero(~too_long))
-            lines = LineBatch(lines.lines.take(keep), lines.offsets[~too_long],
-                              lines.line_bytes[~too_long])
 
-        result = self.reader.parser.parse(lines, self.context())
-        self.events.append(result.events)
-        self.rejects.append(result.rejects)
-        self._count(result.counters)
-        self._count({"bytes_read": int(lines.line_bytes.sum()) + len(lines),
-                     "replaced_characters": replaced})
-        self.size_bytes += int(lines.line_bytes.sum())
+        checkpoints: list[FileCheckpoint] = []
+        counters: dict[str, int] = {}
+        for batch in moved:
+            sealed = batch.seal(self.agent.state_dir)
+            result.events += sealed.events
+            result.rejects += sealed.rejects
+            for name, value in batch.counters.items():
+                counters[name] = counters.get(name, 0) + value
+            generation = batch.generation
+            checkpoints.append(FileCheckpoint(
+                source=self.source.name, generation=generation.generation,
+                base_generation=generation.base_generation, path=generation.path,
+                device=generation.device, inode=generation.inode, fingerprint=generation.head,
+                offset=batch.end_offset, size=batch.end_offset, complete=generation.complete))
 
-    def note_long_line(self, start: int, head: bytes, length: int) -> None:
-        text = head.decode("utf-8", errors="replace")
-        line = LineBatch(pa.array([text]), np.array([start]), np.array([length]))
-        self._reject_rows(line, np.array([0]),
-                          f"line longer than max_line_bytes ({self.reader.agent.max_line_bytes})")
-
-    def _reject_rows(self, lines: LineBatch, rows: np.ndarray, reason: str) -> None:
-        self.rejects.append(build_rejects(self.context(), lines.offsets[rows],
-                                          lines.lines.take(pa.array(rows)),
-                                          lines.line_bytes[rows], [reason] * len(rows)))
-        self._count({"long_lines": len(rows), "rejected": len(rows)})
-
-    def _count(self, counters: dict[str, int]) -> None:
+        self.checkpoints.commit(checkpoints, self.source.name, self.parser.snapshot(), counters)
+        result.lines += counters.get("lines", 0)
+        totals = result.counters.setdefault(self.source.name, {})
         for name, value in counters.items():
-            self.counters[name] = self.counters.get(name, 0) + int(value)
-
-    def flush(self, result: PassResult, complete: bool = False) -> None:
-        if self.end_offset == self.first_offset and not complete:
-            return
-        source = self.reader.source
-        agent = self.reader.agent
-        events = pa.concat_tables(self.events) if self.events else schema.empty_events()
-        rejects = (pa.concat_tables(self.rejects) if self.rejects
-                   else schema.REJECT_SCHEMA.empty_table())
-
-        name = schema.batch_file_name(agent.host_id, source.name, self.log_file.generation,
-                                      self.first_offset)
-        spool.write_batch(agent.state_dir, schema.EVENTS_DIR, events, "event_time", name)
-        spool.write_batch(agent.state_dir, schema.REJECTS_DIR, rejects, "ingest_time", name)
-
-        self.reader.checkpoints.commit(
-            FileCheckpoint(source=source.name, generation=self.log_file.generation,
-                           path=self.log_file.path, device=self.log_file.device,
-                           inode=self.log_file.inode, fingerprint=self.log_file.fingerprint,
-                           offset=self.end_offset, size=self.log_file.size, complete=complete),
-            self.reader.parser.snapshot(), self.counters)
-        log.info("source %s: sealed batch %s (bytes %d-%d of %s): %d events, %d rejects",
-                 source.name, name, self.first_offset, self.end_offset, self.log_file.path,
-                 events.num_rows, rejects.num_rows)
-
-        result.lines += self.counters.get("lines", 0)
-        result.events += events.num_rows
-        result.rejects += rejects.num_rows
-        totals = result.counters.setdefault(source.name, {})
-        for key, value in self.counters.items():
-            totals[key] = totals.get(key, 0) + value
-
-        self.first_offset = self.end_offset
-        self.events, self.rejects, self.counters, self.size_bytes = [], [], {}, 0
+            totals[name] = totals.get(name, 0) + value
+        for batch in moved:
+            batch.reset()
+        self.oldest_unflushed = None

@@ -19,9 +19,13 @@ def collect_status(config: Config) -> dict[str, Any]:
         for source in config.sources:
             by_generation = {cp.generation: cp for cp in checkpoints.files(source.name)}
             for path in tailer.discover(source.paths, source.exclude):
-                log_file = tailer.identify(path, source.name, config.agent.fingerprint_bytes,
-                                           config.agent.max_line_bytes)
-                cp = by_generation.get(log_file.generation) if log_file else None
+                log_file = tailer.stat_file(path, source.name, config.agent.fingerprint_bytes,
+                                            config.agent.max_line_bytes)
+                known = {g: tailer.Generation(g, cp.base_generation, cp.path, cp.device, cp.inode,
+                                              cp.fingerprint, cp.offset, cp.complete)
+                         for g, cp in by_generation.items()}
+                generation = tailer.resolve(log_file, known) if log_file else None
+                cp = by_generation.get(generation.generation) if generation else None
                 size = os.path.getsize(path) if os.path.exists(path) else 0
                 offset = cp.offset if cp else 0
                 # A compressed copy's offset counts decompressed bytes, so its size tells nothing.
@@ -30,7 +34,7 @@ def collect_status(config: Config) -> dict[str, Any]:
                 else:
                     lag = max(size - offset, 0)
                 files.append({"source": source.name, "path": path,
-                              "generation": log_file.generation if log_file else None,
+                              "generation": generation.generation if generation else None,
                               "offset": offset, "size": size, "lag_bytes": lag,
                               "complete": bool(cp and cp.complete)})
         oldest = _oldest_spool_age(config.agent.state_dir)

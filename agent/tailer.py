@@ -1,14 +1,20 @@
 """Find the files of a source, tell their generations apart, and read them from an offset.
 
-A generation is one file's content, wherever it currently lives: `access.log`, then
-`access.log.1` after a rename, then `access.log.2.gz` after compression. Its id is derived from
-the source name and the file's first line, so the same content gets the same id under every
-name and after the agent lost its state; the reading offset is stored per generation. Files
-with no complete line yet have no generation and wait.
+A generation is one file's content, wherever it lives: `access.log`, then `access.log.1` after
+a rename, then `access.log.2.gz` after compression, or the copy logrotate's copytruncate made.
+Its id is derived from the source name and the file's first line, so the same content gets the
+same id under every name and even after the agent lost its state. Files with no complete line
+yet have no generation and wait.
 
-NOTE: two files of one source that start with the very same line share a generation. Log lines
-start with a timestamp, which makes this unlikely, but formats with a fixed header line (CSV
-accounting files) need more than the first line.
+Each file found is matched against the generations already known, in this order:
+1. the same (device, inode) with a compatible head and at least the known offset in size:
+   the file grew or was renamed;
+2. the id of its first line, with a compatible head (and, uncompressed, not shorter than the
+   offset): a compressed or copied rotation of a known file;
+3. otherwise a new generation. When the first-line id is already taken by different content
+   (two files that start with the same line, or a file truncated and rewritten with the same
+   first line), the id is derived from that id and the file's (device, inode) instead.
+Heads are compatible when one is a prefix of the other: a short file's head grows with it.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from typing import BinaryIO
 
 log = logging.getLogger(__name__)
@@ -29,17 +36,35 @@ log = logging.getLogger(__name__)
 COMPRESSED_SUFFIXES = (".gz",)
 _NUMBERED = re.compile(r"\.(\d{1,4})$")
 _DATED = re.compile(r"[-._](\d{8}(?:[-_]?\d{2,6})?)$")
+# Decompressed bytes read from one rotated file before it is given up as a gzip bomb.
+MAX_DECOMPRESSED_BYTES = 64 * 1024**3
 
 
 @dataclass(frozen=True)
-class LogFile:
+class FileState:
+    """What one stat and one read of the head tell about a file found by the globs."""
+
     path: str
-    generation: str
     device: int
     inode: int
     size: int
     compressed: bool
-    fingerprint: bytes
+    head: bytes
+    base_generation: str
+
+
+@dataclass
+class Generation:
+    """A known generation: where it was last seen and how far it was read."""
+
+    generation: str
+    base_generation: str
+    path: str
+    device: int | None
+    inode: int | None
+    head: bytes
+    offset: int
+    complete: bool = False
 
 
 def discover(patterns: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[str]:
@@ -47,7 +72,7 @@ def discover(patterns: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[s
     paths: set[str] = set()
     for pattern in patterns:
         for path in glob.glob(pattern):
-            if any(glob.fnmatch.fnmatch(path, ex) for ex in exclude):
+            if any(fnmatch(path, ex) for ex in exclude):
                 continue
             if os.path.isfile(path):
                 paths.add(path)
@@ -73,8 +98,8 @@ def rotation_key(path: str) -> tuple[str, int, str, str]:
     return (name, 2, "", path)
 
 
-def identify(path: str, source: str, fingerprint_bytes: int, max_line_bytes: int) -> LogFile | None:
-    """Return the file's generation, or None while it has no complete first line."""
+def stat_file(path: str, source: str, fingerprint_bytes: int, max_line_bytes: int) -> FileState | None:
+    """Stat a file and read its head; None while it has no complete first line or is gone."""
     compressed = path.endswith(COMPRESSED_SUFFIXES)
     try:
         stat = os.stat(path)
@@ -83,17 +108,49 @@ def identify(path: str, source: str, fingerprint_bytes: int, max_line_bytes: int
     except FileNotFoundError:
         return None
     except (OSError, EOFError, zlib.error) as exc:
-        log.warning("cannot read %s of source %s: %s", path, source, exc)
+        log.warning("source %s: cannot read %s: %s", source, path, exc)
         return None
 
     newline = head.find(b"\n")
     if newline < 0 and len(head) <= max_line_bytes:
         return None
     first_line = head[: newline if newline >= 0 else max_line_bytes]
-    digest = hashlib.blake2b(source.encode() + b"\x00" + first_line[:fingerprint_bytes],
-                             digest_size=8).hexdigest()
-    return LogFile(path=path, generation=digest, device=stat.st_dev, inode=stat.st_ino,
-                   size=stat.st_size, compressed=compressed, fingerprint=head[:fingerprint_bytes])
+    base = hashlib.blake2b(source.encode() + b"\x00" + first_line[:fingerprint_bytes],
+                           digest_size=8).hexdigest()
+    return FileState(path=path, device=stat.st_dev, inode=stat.st_ino, size=stat.st_size,
+                     compressed=compressed, head=head[:fingerprint_bytes], base_generation=base)
+
+
+def heads_compatible(a: bytes, b: bytes) -> bool:
+    shared = min(len(a), len(b))
+    return a[:shared] == b[:shared]
+
+
+def resolve(state: FileState, known: dict[str, Generation]) -> Generation:
+    """Return the known generation this file holds, or a new one at offset 0."""
+    if not state.compressed:
+        for generation in known.values():
+            if ((generation.device, generation.inode) == (state.device, state.inode)
+                    and heads_compatible(generation.head, state.head)
+                    and state.size >= generation.offset):
+                return generation
+
+    for generation in known.values():
+        if (generation.base_generation == state.base_generation
+                and heads_compatible(generation.head, state.head)
+                and (state.compressed or state.size >= generation.offset)):
+            return generation
+
+    generation_id = state.base_generation
+    if generation_id in known:
+        # Same first line, different content: derive an id that this file alone has.
+        key = f"{generation_id}:{state.device}:{state.inode}".encode()
+        generation_id = hashlib.blake2b(key, digest_size=8).hexdigest()
+        log.info("file %s starts like generation %s but holds other content; reading it as "
+                 "generation %s", state.path, state.base_generation, generation_id)
+    return Generation(generation=generation_id, base_generation=state.base_generation,
+                      path=state.path, device=state.device, inode=state.inode, head=state.head,
+                      offset=0)
 
 
 def open_log(path: str) -> BinaryIO:
@@ -102,25 +159,24 @@ def open_log(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
-def read_chunks(log_file: LogFile, offset: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """Yield (offset, data) from offset to the current end of the file.
+def read_compressed(path: str, offset: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """Yield (offset, data) from a gzip file, decompressing from its start.
 
-    A plain file is read with seek; a compressed one is decompressed from its start and the
-    first `offset` bytes are skipped, since gzip streams cannot seek.
+    A gzip stream cannot seek, so the first `offset` bytes are decompressed and skipped. A file
+    still being compressed ends early; what was read so far is yielded and EOFError is raised.
     """
-    with open_log(log_file.path) as f:
-        if log_file.compressed:
-            remaining = offset
-            while remaining > 0:
-                skipped = f.read(min(remaining, chunk_bytes))
-                if not skipped:
-                    return
-                remaining -= len(skipped)
-        else:
-            f.seek(offset)
-        while True:
+    with gzip.open(path, "rb") as f:
+        position = 0
+        while position < offset:
+            skipped = f.read(min(offset - position, chunk_bytes))
+            if not skipped:
+                return
+            position += len(skipped)
+        while position < MAX_DECOMPRESSED_BYTES:
             data = f.read(chunk_bytes)
             if not data:
                 return
-            yield offset, data
-            offset += len(data)
+            yield position, data
+            position += len(data)
+    raise OSError(f"{path} decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes; "
+                  "reading stopped")

@@ -1,0 +1,116 @@
+"""A batch: the parse results of lines [first_offset, end_offset) of one file generation.
+
+A batch grows while lines are read, is sealed into the spool as one Parquet file per UTC day
+(events and rejects apart) under a name fixed by (host, source, generation, first offset), and
+then starts again at its end offset.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+from . import schema, spool
+from .config import SourceConfig
+from .parsers.base import LineBatch, Parser, SourceContext, build_rejects
+from .tailer import Generation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sealed:
+    name: str
+    events: int
+    rejects: int
+
+
+class Batch:
+    def __init__(self, host: str, source: SourceConfig, generation: Generation, parser: Parser,
+                 max_line_bytes: int):
+        self.host = host
+        self.source = source
+        self.generation = generation
+        self.parser = parser
+        self.max_line_bytes = max_line_bytes
+        self.first_offset = generation.offset
+        self.end_offset = generation.offset
+        self.changed = False
+        self._reset_contents()
+
+    def _reset_contents(self) -> None:
+        self.events: list[pa.Table] = []
+        self.rejects: list[pa.Table] = []
+        self.counters: dict[str, int] = {}
+        self.size_bytes = 0
+
+    def context(self) -> SourceContext:
+        return SourceContext(host=self.host, source=self.source.name, kind=self.source.kind,
+                             path=self.generation.path, generation=self.generation.generation,
+                             ingest_time=datetime.now(UTC))
+
+    def touch(self, end_offset: int) -> None:
+        """Move the end of the batch; a batch that only marks its file complete still commits."""
+        self.end_offset = end_offset
+        self.changed = self.changed or self.generation.complete
+
+    def add(self, lines: LineBatch, replaced: int) -> None:
+        if len(lines) == 0:
+            return
+        too_long = lines.line_bytes > self.max_line_bytes
+        if too_long.any():
+            rows = np.flatnonzero(too_long)
+            self._reject(lines, rows, f"line longer than max_line_bytes ({self.max_line_bytes})")
+            self._count({"long_lines": len(rows)})
+            keep = ~too_long
+            lines = LineBatch(lines.lines.filter(pa.array(keep)), lines.offsets[keep],
+                              lines.line_bytes[keep])
+
+        result = self.parser.parse(lines, self.context())
+        self.events.append(result.events)
+        self.rejects.append(result.rejects)
+        self._count(result.counters)
+        line_bytes = int(lines.line_bytes.sum())
+        self._count({"bytes_read": line_bytes + len(lines), "replaced_characters": replaced})
+        self.size_bytes += line_bytes
+
+    def reject_long_line(self, start: int, head: bytes, length: int) -> None:
+        """Reject a line longer than max_line_bytes whose rest was skipped unread."""
+        text = head.decode("utf-8", errors="replace")
+        line = LineBatch(pa.array([text], pa.string()), np.array([start]), np.array([length]))
+        self._reject(line, np.array([0]),
+                     f"line longer than max_line_bytes ({self.max_line_bytes})")
+        self._count({"long_lines": 1, "lines": 1})
+
+    def _reject(self, lines: LineBatch, rows: np.ndarray, reason: str) -> None:
+        self.rejects.append(build_rejects(self.context(), lines.offsets[rows],
+                                          lines.lines.take(pa.array(rows)),
+                                          lines.line_bytes[rows], [reason] * len(rows)))
+        self._count({"rejected": len(rows)})
+
+    def _count(self, counters: dict[str, int]) -> None:
+        for name, value in counters.items():
+            self.counters[name] = self.counters.get(name, 0) + int(value)
+
+    def seal(self, state_dir: str) -> Sealed:
+        """Write the batch into the spool, durably; the caller commits the checkpoint next."""
+        events = pa.concat_tables(self.events) if self.events else schema.empty_events()
+        rejects = (pa.concat_tables(self.rejects) if self.rejects
+                   else schema.REJECT_SCHEMA.empty_table())
+        name = schema.batch_file_name(self.host, self.source.name, self.generation.generation,
+                                      self.first_offset)
+        spool.write_batch(state_dir, schema.EVENTS_DIR, events, "event_time", name)
+        spool.write_batch(state_dir, schema.REJECTS_DIR, rejects, "ingest_time", name)
+        log.info("source %s: sealed batch %s (bytes %d to %d of %s): %d events, %d rejects",
+                 self.source.name, name, self.first_offset, self.end_offset, self.generation.path,
+                 events.num_rows, rejects.num_rows)
+        return Sealed(name, events.num_rows, rejects.num_rows)
+
+    def reset(self) -> None:
+        self.first_offset = self.end_offset
+        self.changed = False
+        self._reset_contents()
