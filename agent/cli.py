@@ -53,6 +53,21 @@ def check_config(config_path: str) -> None:
 
 @main.command()
 @config_option
+def run(config_path: str) -> None:
+    """Run as a service: tail every source, seal batches, upload them, until SIGTERM.
+
+    Speaks the systemd notify protocol when NOTIFY_SOCKET is set (READY=1, WATCHDOG=1,
+    STOPPING=1). SIGHUP reloads the config; an invalid config exits with status 78.
+    Example: clicktrail-agent run --config /etc/clicktrail/clicktrail.toml
+    """
+    from .daemon import Daemon
+
+    config = _load(config_path)
+    sys.exit(Daemon(config_path, config).run())
+
+
+@main.command()
+@config_option
 def once(config_path: str) -> None:
     """Read every source from its checkpoint to the end, write events to the store, exit.
 
@@ -88,3 +103,7 @@ def status(config_path: str, as_json: bool) -> None:
     config = _load(config_path)
     report = collect_status(config)
     click.echo(json.dumps(report, indent=2) if as_json else format_status(report))
+
+
+if __name__ == "__main__":
+    main()

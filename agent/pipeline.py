@@ -93,6 +93,12 @@ def discard_uncommitted(state_dir: str, checkpoints: CheckpointStore) -> None:
             os.unlink(os.path.join(root, relative))
 
 
+def _head_unchanged(handle: BinaryIO, generation: tailer.Generation) -> bool:
+    """Tell whether the open file still starts with the generation's head."""
+    current = os.pread(handle.fileno(), len(generation.head), 0)
+    return len(current) > 0 and generation.head.startswith(current)
+
+
 class SourceTail:
     """Follows the files of one source through one parser, batch by batch."""
 
@@ -209,6 +215,14 @@ class SourceTail:
             data = handle.read(chunk_bytes)
             if not data:
                 return False
+            if not _head_unchanged(handle, generation):
+                # copytruncate truncated the file between the scan and this read: what was
+                # read belongs to the new content. The copy holds the rest of this generation.
+                log.info("source %s: %s was truncated while being read; rescanning",
+                         self.source.name, generation.path)
+                handle.close()
+                del self.handles[generation.generation]
+                return False
             self._consume(generation, data, result)
             handle.seek(generation.offset)
             if self.pending_bytes >= self.agent.max_batch_bytes:
@@ -221,7 +235,7 @@ class SourceTail:
         buffer = b""
         buffer_offset = generation.offset
         try:
-            for offset, data in tailer.read_compressed(state.path, generation.offset,
+            for offset, data in tailer.read_compressed(state, generation.offset,
                                                        self.agent.read_chunk_bytes):
                 if not buffer:
                     buffer_offset = offset
@@ -231,6 +245,9 @@ class SourceTail:
                 buffer_offset += consumed
                 if self.pending_bytes >= self.agent.max_batch_bytes:
                     return True
+        except tailer.FileChanged as exc:
+            log.debug("source %s: %s", self.source.name, exc)
+            return False
         except (EOFError, zlib.error) as exc:
             # Still being written by gzip, or damaged: read again at the next scan.
             log.info("source %s: %s ends early (%s); will read it again", self.source.name,
@@ -305,6 +322,8 @@ class SourceTail:
             generation = self.known[generation_id]
             before = generation.offset
             self._read_handle(handle, generation, result)
+            if generation_id not in self.handles:
+                continue
             if generation_id not in self.vanished or generation.offset != before:
                 self.vanished[generation_id] = now
                 log.info("source %s: %s is gone from the globs; reading it through its open "

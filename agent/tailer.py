@@ -40,6 +40,10 @@ _DATED = re.compile(r"[-._](\d{8}(?:[-_]?\d{2,6})?)$")
 MAX_DECOMPRESSED_BYTES = 64 * 1024**3
 
 
+class FileChanged(Exception):
+    """The file at a path changed between the scan and the read; the next scan sorts it out."""
+
+
 @dataclass(frozen=True)
 class FileState:
     """What one stat and one read of the head tell about a file found by the globs."""
@@ -146,7 +150,7 @@ def resolve(state: FileState, known: dict[str, Generation]) -> Generation:
         # Same first line, different content: derive an id that this file alone has.
         key = f"{generation_id}:{state.device}:{state.inode}".encode()
         generation_id = hashlib.blake2b(key, digest_size=8).hexdigest()
-        log.info("file %s starts like generation %s but holds other content; reading it as "
+        log.warning("file %s starts like generation %s but holds other content; reading it as "
                  "generation %s", state.path, state.base_generation, generation_id)
     return Generation(generation=generation_id, base_generation=state.base_generation,
                       path=state.path, device=state.device, inode=state.inode, head=state.head,
@@ -159,13 +163,27 @@ def open_log(path: str) -> BinaryIO:
     return open(path, "rb")
 
 
-def read_compressed(path: str, offset: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+def read_compressed(state: FileState, offset: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
     """Yield (offset, data) from a gzip file, decompressing from its start.
 
     A gzip stream cannot seek, so the first `offset` bytes are decompressed and skipped. A file
     still being compressed ends early; what was read so far is yielded and EOFError is raised.
+    The file is read only if it is still the one stat_file saw: rotation renames compressed
+    copies, and the same name may now hold another generation. FileChanged says it does not.
     """
-    with gzip.open(path, "rb") as f:
+    try:
+        raw = open(state.path, "rb")  # noqa: SIM115 (closed below)
+    except FileNotFoundError:
+        raise FileChanged(f"{state.path} was renamed or removed") from None
+    with raw:
+        stat = os.fstat(raw.fileno())
+        if (stat.st_dev, stat.st_ino) != (state.device, state.inode):
+            raise FileChanged(f"{state.path} now holds another file")
+        yield from _decompress(raw, state.path, offset, chunk_bytes)
+
+
+def _decompress(raw: BinaryIO, path: str, offset: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    with gzip.GzipFile(fileobj=raw, mode="rb") as f:
         position = 0
         while position < offset:
             skipped = f.read(min(offset - position, chunk_bytes))

@@ -1,0 +1,226 @@
+"""The agent as a service: `clicktrail-agent run`.
+
+One loop in the main thread: wait for a file change (watchdog) or a timeout, read every source,
+seal batches that reached max_batch_bytes or flush_interval_s, let the forwarder upload, tell
+systemd the loop is alive. When the spool holds max_spool_bytes the loop stops reading until
+uploads drain it: the log files are the buffer meanwhile.
+
+Signals only set flags and wake the loop: SIGTERM and SIGINT seal every open batch, commit and
+exit; SIGHUP reloads the config (a bad new config is logged and the old one kept).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from types import FrameType
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from . import notify, spool
+from .checkpoint import CheckpointStore
+from .config import Config, ConfigError, load_config
+from .forwarder import Forwarder, ForwardStatus
+from .pipeline import PassResult, SourceTail, discard_uncommitted
+from .store import open_store
+
+log = logging.getLogger(__name__)
+
+# Upper bound of one wait, so that the watchdog keep-alive and age-based flushes stay on time
+# even when no file changes.
+MAX_WAIT_S = 5.0
+# Time the stop sequence may spend uploading after the last commit; the rest waits in the spool.
+STOP_UPLOAD_BUDGET_S = 5.0
+
+
+class _Wake(FileSystemEventHandler):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.event.set()
+
+
+class Daemon:
+    def __init__(self, config_path: str, config: Config):
+        self.config_path = config_path
+        self.config = config
+        self.wake = threading.Event()
+        self.stop_requested = False
+        self.reload_requested = False
+        self.observer: Observer | None = None
+        self.checkpoints = CheckpointStore(config.agent.state_dir)
+        self.tails: list[SourceTail] = []
+        self.forwarder: Forwarder | None = None
+        self.forward_status: ForwardStatus | None = None
+        self.reading_paused = False
+
+    def run(self) -> int:
+        """Run until SIGTERM or SIGINT; return the exit status."""
+        self._install_signal_handlers()
+        discard_uncommitted(self.config.agent.state_dir, self.checkpoints)
+        self._start(self.config)
+        notify.ready()
+        log.info("agent %s started: %d source(s), store %s", self.config.agent.host_id,
+                 len(self.config.sources), self.config.store.url)
+
+        last_scan = 0.0
+        while not self.stop_requested:
+            timeout = self._wait_timeout(last_scan)
+            self.wake.wait(timeout)
+            self.wake.clear()
+            if self.reload_requested:
+                self._reload()
+            last_scan = time.monotonic()
+            self.step()
+            notify.watchdog()
+
+        self._shutdown()
+        return 0
+
+    def step(self) -> PassResult:
+        """Read, seal what is due, upload: one turn of the loop."""
+        result = PassResult()
+        agent = self.config.agent
+        spool_bytes = spool.spool_bytes(agent.state_dir)
+        paused = spool_bytes >= agent.max_spool_bytes
+        if paused != self.reading_paused:
+            self.reading_paused = paused
+            if paused:
+                log.warning("spool holds %d bytes (max_spool_bytes %d): reading paused until "
+                            "uploads drain it", spool_bytes, agent.max_spool_bytes)
+            else:
+                log.info("spool below max_spool_bytes again: reading resumed")
+
+        now = time.monotonic()
+        for tail in self.tails:
+            if not paused:
+                while tail.poll(result):
+                    tail.flush(result)
+            if tail.pending_bytes >= agent.max_batch_bytes or (
+                    tail.unflushed_age(now) >= agent.flush_interval_s):
+                tail.flush(result)
+            elif tail.oldest_unflushed is None and any(b.changed for b in tail.batches.values()):
+                tail.flush(result)
+
+        if self.forwarder is not None:
+            self.forward_status = self.forwarder.step()
+            notify.status(_status_line(result, self.forward_status, paused))
+        return result
+
+    def _wait_timeout(self, last_scan: float) -> float:
+        agent = self.config.agent
+        now = time.monotonic()
+        timeout = min(MAX_WAIT_S, max(0.0, last_scan + agent.rescan_interval_s - now))
+        for tail in self.tails:
+            if tail.oldest_unflushed is not None:
+                timeout = min(timeout, max(0.0, agent.flush_interval_s - tail.unflushed_age(now)))
+        interval = notify.watchdog_interval_s()
+        if interval:
+            timeout = min(timeout, interval / 2)
+        status = self.forward_status
+        if status is not None and status.next_attempt_at is not None:
+            timeout = min(timeout, max(0.05, status.next_attempt_at - now))
+        elif status is not None and status.pending_files and not status.permanent_error:
+            timeout = 0.05  # the last step stopped at max_step_s: go on uploading
+        return max(timeout, 0.05)
+
+    def _start(self, config: Config) -> None:
+        self.tails = [SourceTail(config, source, self.checkpoints) for source in config.sources]
+        store = open_store(config.store.url, config.store.endpoint_override, config.store.region)
+        self.forwarder = Forwarder(config.agent.state_dir, store, self.checkpoints)
+        self._watch(config)
+
+    def _watch(self, config: Config) -> None:
+        """Watch the folders of every source glob; a periodic rescan backs the watches up."""
+        observer = Observer()
+        handler = _Wake(self.wake)
+        folders = {os.path.dirname(pattern) or "." for source in config.sources
+                   for pattern in source.paths}
+        for folder in sorted(folders):
+            if os.path.isdir(folder):
+                observer.schedule(handler, folder, recursive=False)
+            else:
+                log.warning("folder %s of a source glob does not exist; the rescan every %.0f s "
+                            "will find files once it does", folder, config.agent.rescan_interval_s)
+        observer.daemon = True
+        observer.start()
+        self.observer = observer
+
+    def _stop_watching(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+            self.observer = None
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            return
+        if config.agent.state_dir != self.config.agent.state_dir:
+            log.error("reload failed, keeping the running config: %s: agent.state_dir cannot "
+                      "change while running; restart the service instead", self.config_path)
+            return
+
+        log.info("reloading config %s", self.config_path)
+        result = PassResult()
+        for tail in self.tails:
+            tail.flush(result)
+            tail.close()
+        self._stop_watching()
+        self.config = config
+        self._start(config)
+        log.info("config reloaded: %d source(s), store %s", len(config.sources), config.store.url)
+
+    def _shutdown(self) -> None:
+        notify.stopping()
+        log.info("stopping: sealing open batches")
+        result = PassResult()
+        for tail in self.tails:
+            tail.flush(result)
+            tail.close()
+        self._stop_watching()
+
+        deadline = time.monotonic() + STOP_UPLOAD_BUDGET_S
+        while self.forwarder is not None and time.monotonic() < deadline:
+            status = self.forwarder.step()
+            if (status.pending_files == 0 or status.permanent_error
+                    or status.next_attempt_at is not None):
+                break
+        self.checkpoints.close()
+        log.info("stopped: %d events sealed at stop", result.events)
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+        self.wake.set()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+
+def _status_line(result: PassResult, status: ForwardStatus, paused: bool) -> str:
+    text = f"{result.events} events sealed, {status.pending_files} spool files pending"
+    if paused:
+        text += ", reading paused (spool full)"
+    if status.permanent_error:
+        text += f", forwarding stopped: {status.permanent_error}"
+    return text
+
+
+def run(config_path: str) -> int:
+    """Load the config and run the daemon; ConfigError reaches the caller (exit status 78)."""
+    config = load_config(config_path)
+    return Daemon(config_path, config).run()
