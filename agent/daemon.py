@@ -159,6 +159,13 @@ class Daemon:
 
     def _reload(self) -> None:
         self.reload_requested = False
+        notify.reloading()
+        try:
+            self._apply_new_config()
+        finally:
+            notify.ready()
+
+    def _apply_new_config(self) -> None:
         try:
             config = load_config(self.config_path)
         except ConfigError as exc:
