@@ -174,4 +174,7 @@ class _Transaction:
 
 
 def _checkpoint(row: tuple) -> FileCheckpoint:
-    return FileCheckpoint(*row[:9], complete=bool(row[9]))
+    source, generation, base, path, device, inode, fingerprint, offset, size, complete = row
+    return FileCheckpoint(source=source, generation=generation, base_generation=base, path=path,
+                          device=device, inode=inode, fingerprint=fingerprint, offset=offset,
+                          size=size, complete=bool(complete))

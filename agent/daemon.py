@@ -131,7 +131,10 @@ class Daemon:
 
     def _start(self, config: Config) -> None:
         self.tails = [SourceTail(config, source, self.checkpoints) for source in config.sources]
-        store = open_store(config.store.url, config.store.endpoint_override, config.store.region)
+        # One attempt per request: the forwarder's backoff does the retrying, and a request that
+        # retries inside the SDK would hold up the loop and its watchdog pings.
+        store = open_store(config.store.url, config.store.endpoint_override, config.store.region,
+                           max_attempts=1)
         self.forwarder = Forwarder(config.agent.state_dir, store, self.checkpoints)
         self._watch(config)
 

@@ -129,12 +129,13 @@ def _s3_options(endpoint_override: str | None, region: str | None,
     # for credentials and the region whenever the environment and shared files have none,
     # which outside EC2 costs seconds of timeouts and contacts a host the config does not name.
     # Operators who rely on an instance profile set AWS_EC2_METADATA_DISABLED=false.
-    # NOTE: the SDK reads it when pyarrow creates a client, so an S3FileSystem created
-    # elsewhere in the process before open_store does not see it.
+    # NOTE: tests check the clients created after this call. Whether an S3FileSystem created
+    # earlier in the same process honors the variable was not checked.
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-    # allow_delayed_open makes pyarrow send one PutObject for an object smaller than its
-    # multipart part size (10 MiB in pyarrow 26) instead of create, upload part, complete.
+    # allow_delayed_open makes pyarrow send one PutObject for an object below its multipart part
+    # size, instead of create, upload part, complete. With pyarrow 26 a 7 MiB object went up in
+    # one PUT and a 12 MiB object as a multipart upload.
     options: dict[str, object] = {
         "allow_delayed_open": True,
         "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from .notify_socket import NotifySocket
 from .numbered import append, rotate_copytruncate, rotate_rename, stored_numbers, write_config
 
 KILLS = int(os.environ.get("CLICKTRAIL_CRASH_KILLS", "50"))
@@ -52,9 +53,12 @@ class Writer(threading.Thread):
             time.sleep(self.rng.uniform(0.0, 0.02))
 
 
-def start_agent(config: Path, log_file) -> subprocess.Popen:
+def start_agent(config: Path, log_file, notify_path: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "clicktrail.agent.cli", "-v", "run", "--config", str(config)]
-    return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    env = dict(os.environ)
+    if notify_path is not None:
+        env["NOTIFY_SOCKET"] = str(notify_path)
+    return subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
 
 @pytest.mark.slow
@@ -77,8 +81,12 @@ def test_sigkill_during_rotations_loses_and_duplicates_nothing(tmp_path):
         writer.stop.set()
         writer.join(timeout=10)
 
-        # A last run that is allowed to finish, then a clean stop.
-        agent = start_agent(config, agent_log)
+        # A last run that is allowed to finish, then a clean stop once it is ready (a SIGTERM
+        # during start-up would meet Python's default handler).
+        notify = NotifySocket(tmp_path / "notify.sock")
+        agent = start_agent(config, agent_log, notify.path)
+        notify.wait_for("READY=1", timeout=60)
+        notify.close()
         deadline = time.monotonic() + 120
         expected = list(range(writer.next_number))
         while time.monotonic() < deadline and len(stored_numbers(tmp_path / "store")) < len(expected):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,34 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from .notify_socket import NotifySocket
 from .numbered import append, stored_numbers, write_config
-
-
-class NotifySocket:
-    """The datagram socket systemd listens on for sd_notify messages."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[str] = []
-
-    def wait_for(self, wanted: str, timeout: float = 20.0) -> list[str]:
-        """Collect datagrams until one holds the line `wanted`; return all collected."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data = self.sock.recv(4096).decode()
-            except TimeoutError:
-                break
-            self.messages.append(data)
-            if wanted in data.splitlines():
-                return self.messages
-        raise AssertionError(f"no {wanted!r} within {timeout} s; got {self.messages}")
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
