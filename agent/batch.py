@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from . import schema, spool
 from .config import SourceConfig
@@ -27,6 +28,7 @@ class Sealed:
     name: str
     events: int
     rejects: int
+    events_by_type: dict[str, int]
 
 
 class Batch:
@@ -108,7 +110,9 @@ class Batch:
         log.info("source %s: sealed batch %s (bytes %d to %d of %s): %d events, %d rejects",
                  self.source.name, name, self.first_offset, self.end_offset, self.generation.path,
                  events.num_rows, rejects.num_rows)
-        return Sealed(name, events.num_rows, rejects.num_rows)
+        by_type = {item["values"]: item["counts"]
+                   for item in pc.value_counts(events["event_type"]).to_pylist()}
+        return Sealed(name, events.num_rows, rejects.num_rows, by_type)
 
     def reset(self) -> None:
         self.first_offset = self.end_offset

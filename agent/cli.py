@@ -19,9 +19,10 @@ config_option = click.option(
 
 
 def _setup_logging(verbose: int) -> None:
+    from .logutil import setup_logging
+
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level)
 
 
 def _load(config_path: str):
@@ -62,6 +63,9 @@ def run(config_path: str) -> None:
     """
     from .daemon import Daemon
 
+    # A service logs its lifecycle and counts (INFO) unless -vv asked for more.
+    root = logging.getLogger()
+    root.setLevel(min(root.level, logging.INFO))
     config = _load(config_path)
     sys.exit(Daemon(config_path, config).run())
 

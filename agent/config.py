@@ -45,6 +45,7 @@ class AgentConfig:
     read_chunk_bytes: int = 4 * MIB
     fingerprint_bytes: int = 1024
     rescan_interval_s: float = 10.0
+    metrics_port: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,8 @@ def _agent(reader: _Reader, table: Any) -> AgentConfig:
     table = reader.table(table, "agent")
     reader.only_keys(table, "agent", ("host_id", "state_dir", "max_batch_bytes",
                                       "flush_interval_s", "max_line_bytes", "max_spool_bytes",
-                                      "read_chunk_bytes", "fingerprint_bytes", "rescan_interval_s"))
+                                      "read_chunk_bytes", "fingerprint_bytes", "rescan_interval_s",
+                                      "metrics_port"))
     host_id = reader.string(table, "agent", "host_id") or _default_host_id()
     if not SAFE_NAME.match(host_id):
         raise reader.fail("agent.host_id", f"invalid value {host_id!r}; expected 1-64 characters "
@@ -243,14 +245,24 @@ def _agent(reader: _Reader, table: Any) -> AgentConfig:
         max_line_bytes=reader.number(table, "agent", "max_line_bytes", 64 * KIB,
                                      minimum=1 * KIB, maximum=16 * MIB),
         max_spool_bytes=reader.number(table, "agent", "max_spool_bytes", 1024 * MIB,
-                                      minimum=1 * MIB, maximum=1024 * 1024 * MIB),
+                                      minimum=64 * KIB, maximum=1024 * 1024 * MIB),
         read_chunk_bytes=reader.number(table, "agent", "read_chunk_bytes", 4 * MIB,
                                        minimum=64 * KIB, maximum=256 * MIB),
         fingerprint_bytes=reader.number(table, "agent", "fingerprint_bytes", 1024,
                                         minimum=64, maximum=64 * KIB),
         rescan_interval_s=reader.number(table, "agent", "rescan_interval_s", 10.0, minimum=0.1,
                                         maximum=3600, integer=False),
+        metrics_port=_metrics_port(reader, table),
     )
+
+
+def _metrics_port(reader: _Reader, table: dict[str, Any]) -> int:
+    port = reader.number(table, "agent", "metrics_port", 0, minimum=0, maximum=65535)
+    if 0 < port < 1024:
+        # The service runs without capabilities, so it cannot bind a privileged port.
+        raise reader.fail("agent.metrics_port", f"value {port} out of range; expected 0 (off) "
+                          "or 1024 to 65535")
+    return port
 
 
 def _relative_to_config(config_path: str, value: str) -> str:

@@ -25,6 +25,7 @@ from . import notify, spool
 from .checkpoint import CheckpointStore
 from .config import Config, ConfigError, load_config
 from .forwarder import Forwarder, ForwardStatus
+from .metrics import AgentMetrics, MetricsServer, start_metrics_server
 from .pipeline import PassResult, SourceTail, discard_uncommitted
 from .store import open_store
 
@@ -58,12 +59,15 @@ class Daemon:
         self.forwarder: Forwarder | None = None
         self.forward_status: ForwardStatus | None = None
         self.reading_paused = False
+        self.metrics = AgentMetrics(host_id=config.agent.host_id)
+        self.metrics_server: MetricsServer | None = None
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status."""
         self._install_signal_handlers()
         discard_uncommitted(self.config.agent.state_dir, self.checkpoints)
         self._start(self.config)
+        self._serve_metrics(self.config.agent.metrics_port)
         notify.ready()
         log.info("agent %s started: %d source(s), store %s", self.config.agent.host_id,
                  len(self.config.sources), self.config.store.url)
@@ -86,21 +90,12 @@ class Daemon:
         """Read, seal what is due, upload: one turn of the loop."""
         result = PassResult()
         agent = self.config.agent
-        spool_bytes = spool.spool_bytes(agent.state_dir)
-        paused = spool_bytes >= agent.max_spool_bytes
-        if paused != self.reading_paused:
-            self.reading_paused = paused
-            if paused:
-                log.warning("spool holds %d bytes (max_spool_bytes %d): reading paused until "
-                            "uploads drain it", spool_bytes, agent.max_spool_bytes)
-            else:
-                log.info("spool below max_spool_bytes again: reading resumed")
-
         now = time.monotonic()
         for tail in self.tails:
-            if not paused:
-                while tail.poll(result):
-                    tail.flush(result)
+            while not self._spool_full():
+                if not tail.poll(result):
+                    break
+                tail.flush(result)
             if tail.pending_bytes >= agent.max_batch_bytes or (
                     tail.unflushed_age(now) >= agent.flush_interval_s):
                 tail.flush(result)
@@ -109,8 +104,49 @@ class Daemon:
 
         if self.forwarder is not None:
             self.forward_status = self.forwarder.step()
-            notify.status(_status_line(result, self.forward_status, paused))
+            notify.status(_status_line(result, self.forward_status, self.reading_paused))
+        self._publish(result)
         return result
+
+    def _spool_full(self) -> bool:
+        """Tell whether the spool reached max_spool_bytes; log when reading pauses or resumes."""
+        agent = self.config.agent
+        spool_bytes = spool.spool_bytes(agent.state_dir)
+        full = spool_bytes >= agent.max_spool_bytes
+        if full != self.reading_paused:
+            self.reading_paused = full
+            if full:
+                log.warning("spool holds %d bytes (max_spool_bytes %d): reading paused until "
+                            "uploads drain it; the log files keep the lines meanwhile",
+                            spool_bytes, agent.max_spool_bytes)
+            else:
+                log.info("spool below max_spool_bytes again: reading resumed")
+        return full
+
+    def _publish(self, result: PassResult) -> None:
+        """Update the Prometheus metrics after one turn of the loop."""
+        for source, counters in result.counters.items():
+            rejected = counters.get("rejected", 0)
+            lines = counters.get("lines", 0)
+            self.metrics.count_lines(source, read=lines, parsed=max(lines - rejected, 0),
+                                     rejected=rejected)
+        for source, by_type in result.events_by_type.items():
+            for event_type, count in by_type.items():
+                self.metrics.count_events(source, event_type, count)
+        for tail in self.tails:
+            self.metrics.set_lag(tail.source.name, *tail.lag_bytes())
+        total, oldest = spool.spool_usage(self.config.agent.state_dir)
+        self.metrics.set_spool(total, oldest)
+
+    def _serve_metrics(self, port: int) -> None:
+        if not port:
+            return
+        try:
+            self.metrics_server = start_metrics_server(port, registry=self.metrics.registry)
+        except OSError as exc:
+            log.error("cannot serve metrics on 127.0.0.1:%d, running without them: %s", port, exc)
+            return
+        log.info("metrics on http://127.0.0.1:%d/metrics", port)
 
     def _wait_timeout(self, last_scan: float) -> float:
         agent = self.config.agent
@@ -131,11 +167,15 @@ class Daemon:
 
     def _start(self, config: Config) -> None:
         self.tails = [SourceTail(config, source, self.checkpoints) for source in config.sources]
+        for source in config.sources:
+            self.metrics.add_source(source.name)
+        self.metrics.set_spool_limit(config.agent.max_spool_bytes)
         # One attempt per request: the forwarder's backoff does the retrying, and a request that
         # retries inside the SDK would hold up the loop and its watchdog pings.
         store = open_store(config.store.url, config.store.endpoint_override, config.store.region,
                            max_attempts=1)
-        self.forwarder = Forwarder(config.agent.state_dir, store, self.checkpoints)
+        self.forwarder = Forwarder(config.agent.state_dir, store, self.checkpoints,
+                                   metrics=self.metrics)
         self._watch(config)
 
     def _watch(self, config: Config) -> None:
@@ -185,6 +225,9 @@ class Daemon:
             tail.flush(result)
             tail.close()
         self._stop_watching()
+        for source in self.config.sources:
+            if source.name not in {s.name for s in config.sources}:
+                self.metrics.remove_source(source.name)
         self.config = config
         self._start(config)
         log.info("config reloaded: %d source(s), store %s", len(config.sources), config.store.url)
@@ -205,6 +248,8 @@ class Daemon:
                     or status.next_attempt_at is not None):
                 break
         self.checkpoints.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         log.info("stopped: %d events sealed at stop", result.events)
 
     def _install_signal_handlers(self) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from . import spool
 from .checkpoint import CheckpointStore
+from .metrics import AgentMetrics
 from .store import Store, StoreError, upload_file
 
 log = logging.getLogger(__name__)
@@ -39,29 +40,29 @@ def forward_pending(state_dir: str, store: Store, checkpoints: CheckpointStore) 
     uploaded = 0
     for relative in spool.pending(state_dir):
         try:
-            _forward_one(state_dir, store, checkpoints, relative)
+            size = _forward_one(state_dir, store, checkpoints, relative)
         except StoreError as exc:
             checkpoints.set_status("last_error", str(exc))
             raise
-        uploaded += 1
+        uploaded += size is not None
     return uploaded
 
 
 def _forward_one(state_dir: str, store: Store, checkpoints: CheckpointStore,
-                 relative: str) -> bool:
-    """Upload one spool file, record it, delete it; False when the file vanished meanwhile."""
+                 relative: str) -> int | None:
+    """Upload one spool file, record it, delete it; return its size, None if it vanished."""
     local = os.path.join(spool.spool_root(state_dir), relative)
     try:
         size = upload_file(store, local, relative)
     except FileNotFoundError:
         # Another process (a `once` run beside the daemon) forwarded and deleted it.
         log.debug("spool file %s vanished before its upload to %s", relative, store.url)
-        return False
+        return None
 
     checkpoints.record_upload(relative, size)
     os.unlink(local)
     log.info("uploaded %s (%d bytes) to %s", relative, size, store.url)
-    return True
+    return size
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ class Forwarder:
                  min_backoff_s: float = 1.0, max_backoff_s: float = 300.0,
                  max_step_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic,
-                 rng: Callable[[], float] = random.random):
+                 rng: Callable[[], float] = random.random,
+                 metrics: AgentMetrics | None = None):
         if not 0 < min_backoff_s <= max_backoff_s:
             raise ValueError(f"invalid backoff: expected 0 < min_backoff_s <= max_backoff_s, "
                              f"got {min_backoff_s} and {max_backoff_s}")
@@ -100,6 +102,7 @@ class Forwarder:
         self.max_step_s = max_step_s
         self.clock = clock
         self.rng = rng
+        self.metrics = metrics
         self._failures = 0
         self._next_attempt_at: float | None = None
         self._permanent_error: str | None = None
@@ -122,12 +125,20 @@ class Forwarder:
             return self.status(uploaded=0)
 
         uploaded = 0
+        if self._failures and self.metrics is not None:
+            self.metrics.record_upload_retry()
         try:
             for relative in spool.pending(self.state_dir):
                 if self.clock() - started >= self.max_step_s:
                     break
-                uploaded += _forward_one(self.state_dir, self.store, self.checkpoints, relative)
+                size = _forward_one(self.state_dir, self.store, self.checkpoints, relative)
+                if size is not None:
+                    uploaded += 1
+                    if self.metrics is not None:
+                        self.metrics.record_upload(size)
         except StoreError as exc:
+            if self.metrics is not None:
+                self.metrics.record_upload_failure(transient=exc.transient)
             if exc.transient:
                 self._back_off(exc)
             else:

@@ -40,6 +40,7 @@ class PassResult:
     rejects: int = 0
     uploaded: int = 0
     counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    events_by_type: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def files_read(self) -> int:
@@ -123,6 +124,7 @@ class SourceTail:
         self.skipping: dict[str, tuple[int, bytes]] = {}
         self.vanished: dict[str, float] = {}
         self.oldest_unflushed: float | None = None
+        self.last_scan: list[tuple[tailer.FileState, tailer.Generation]] = []
 
     @property
     def pending_bytes(self) -> int:
@@ -130,6 +132,23 @@ class SourceTail:
 
     def unflushed_age(self, now: float) -> float:
         return 0.0 if self.oldest_unflushed is None else now - self.oldest_unflushed
+
+    def lag_bytes(self) -> tuple[int, int]:
+        """Return the unread bytes of the live file and of rotated files, as of the last scan.
+
+        A compressed file counts its compressed size until it is read to its end, because its
+        offset counts decompressed bytes.
+        """
+        current = rotated = 0
+        for state, generation in self.last_scan:
+            if generation.complete:
+                continue
+            unread = state.size if state.compressed else max(state.size - generation.offset, 0)
+            if tailer.rotation_key(state.path)[1] == 2:
+                current += unread
+            else:
+                rotated += unread
+        return current, rotated
 
     def close(self) -> None:
         for handle in self.handles.values():
@@ -139,6 +158,7 @@ class SourceTail:
     def poll(self, result: PassResult) -> bool:
         """Read new complete lines from every file; True when it stopped at max_batch_bytes."""
         found = self._scan()
+        self.last_scan = found
         for state, generation in found:
             if generation.complete:
                 continue
@@ -208,10 +228,9 @@ class SourceTail:
 
     def _read_handle(self, handle: BinaryIO, generation: tailer.Generation,
                      result: PassResult) -> bool:
-        # A read longer than max_line_bytes always holds a newline or starts a skipped line.
-        chunk_bytes = max(self.agent.read_chunk_bytes, self.agent.max_line_bytes + 1)
         handle.seek(generation.offset)
         while True:
+            chunk_bytes = self._chunk_bytes()
             data = handle.read(chunk_bytes)
             if not data:
                 return False
@@ -230,13 +249,22 @@ class SourceTail:
             if len(data) < chunk_bytes:
                 return False
 
+    def _chunk_bytes(self) -> int:
+        """Size the next read so that a batch stays near max_batch_bytes.
+
+        A read longer than max_line_bytes always holds a newline or starts a skipped line, so
+        the size never goes below that.
+        """
+        budget = self.agent.max_batch_bytes - self.pending_bytes
+        return max(min(self.agent.read_chunk_bytes, budget), self.agent.max_line_bytes + 1)
+
     def _read_compressed(self, state: tailer.FileState, generation: tailer.Generation,
                          result: PassResult) -> bool:
         buffer = b""
         buffer_offset = generation.offset
         try:
             for offset, data in tailer.read_compressed(state, generation.offset,
-                                                       self.agent.read_chunk_bytes):
+                                                       self._chunk_bytes()):
                 if not buffer:
                     buffer_offset = offset
                 buffer += data
@@ -347,6 +375,9 @@ class SourceTail:
             sealed = batch.seal(self.agent.state_dir)
             result.events += sealed.events
             result.rejects += sealed.rejects
+            by_type = result.events_by_type.setdefault(self.source.name, {})
+            for event_type, count in sealed.events_by_type.items():
+                by_type[event_type] = by_type.get(event_type, 0) + count
             for name, value in batch.counters.items():
                 counters[name] = counters.get(name, 0) + value
             generation = batch.generation

@@ -76,3 +76,20 @@ def spool_bytes(state_dir: str) -> int:
         for name in names:
             total += os.path.getsize(os.path.join(folder, name))
     return total
+
+
+def spool_usage(state_dir: str) -> tuple[int, float | None]:
+    """Return the spool's total bytes and the modification time of its oldest sealed file."""
+    root = spool_root(state_dir)
+    total = 0
+    oldest: float | None = None
+    for folder, _, names in os.walk(root):
+        for name in names:
+            try:
+                stat = os.stat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue  # uploaded and deleted meanwhile
+            total += stat.st_size
+            if name.endswith(".parquet") and (oldest is None or stat.st_mtime < oldest):
+                oldest = stat.st_mtime
+    return total, oldest
