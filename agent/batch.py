@@ -17,10 +17,15 @@ import pyarrow.compute as pc
 
 from . import schema, spool
 from .config import SourceConfig
-from .parsers.base import LineBatch, Parser, SourceContext, build_rejects
+from .parsers.base import LineBatch, Parser, ParseResult, SourceContext, build_rejects
 from .tailer import Generation
 
 log = logging.getLogger(__name__)
+
+# Events outside these instants are rejected: no tracked email predates 1970, and a far-future
+# year is a corrupt or hostile line.
+MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -72,13 +77,64 @@ class Batch:
             lines = LineBatch(lines.lines.filter(pa.array(keep)), lines.offsets[keep],
                               lines.line_bytes[keep])
 
-        result = self.parser.parse(lines, self.context())
-        self.events.append(result.events)
+        result = self._parse(lines)
+        events = self._reject_times_out_of_range(result.events, lines)
+        self.events.append(events)
         self.rejects.append(result.rejects)
         self._count(result.counters)
         line_bytes = int(lines.line_bytes.sum())
         self._count({"bytes_read": line_bytes + len(lines), "replaced_characters": replaced})
         self.size_bytes += line_bytes
+
+    def _parse(self, lines: LineBatch) -> ParseResult:
+        """Parse a batch; if the parser fails on it, parse line by line and reject the culprits.
+
+        Parsers are written never to raise, but a bug triggered by one hostile line must not
+        stop the agent or lose the other lines of its batch.
+        """
+        try:
+            return self.parser.parse(lines, self.context())
+        except Exception as exc:  # noqa: BLE001 (any parser bug; the lines are kept)
+            log.error("source %s: parser failed on a batch of %d lines of %s, parsing them one "
+                      "by one: %s: %s", self.source.name, len(lines), self.generation.path,
+                      type(exc).__name__, exc)
+
+        events, rejects, counters = [], [], {}
+        for i in range(len(lines)):
+            line = LineBatch(lines.lines.slice(i, 1), lines.offsets[i:i + 1],
+                             lines.line_bytes[i:i + 1])
+            try:
+                result = self.parser.parse(line, self.context())
+            except Exception as exc:  # noqa: BLE001 (see above)
+                reason = f"parser error: {type(exc).__name__}: {exc}"[:500]
+                result = ParseResult(schema.empty_events(),
+                                     build_rejects(self.context(), line.offsets, line.lines,
+                                                   line.line_bytes, [reason]),
+                                     {"lines": 1, "rejected": 1, "parser_errors": 1})
+            events.append(result.events)
+            rejects.append(result.rejects)
+            for name, value in result.counters.items():
+                counters[name] = counters.get(name, 0) + value
+        return ParseResult(pa.concat_tables(events), pa.concat_tables(rejects), counters)
+
+    def _reject_times_out_of_range(self, events: pa.Table, lines: LineBatch) -> pa.Table:
+        """Move events dated outside MIN_EVENT_TIME..MAX_EVENT_TIME to the rejects.
+
+        A line may carry any date (year 0000, 9999); such a time names no real event and would
+        not fit a partition or a Python date later on.
+        """
+        times = events["event_time"]
+        valid = pc.and_(pc.greater_equal(times, pa.scalar(MIN_EVENT_TIME, schema.TIMESTAMP)),
+                        pc.less(times, pa.scalar(MAX_EVENT_TIME, schema.TIMESTAMP)))
+        valid_np = np.asarray(valid.fill_null(False))
+        if valid_np.all():
+            return events
+
+        bad_offsets = np.unique(np.asarray(events["source_offset"])[~valid_np])
+        rows = np.searchsorted(lines.offsets, bad_offsets)
+        self._reject(lines, rows, f"event time outside {MIN_EVENT_TIME.year} to "
+                                  f"{MAX_EVENT_TIME.year - 1}")
+        return events.filter(pa.array(valid_np))
 
     def reject_long_line(self, start: int, head: bytes, length: int) -> None:
         """Reject a line longer than max_line_bytes whose rest was skipped unread."""

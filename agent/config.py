@@ -112,6 +112,11 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(path, "", "permission denied; the service user needs read access") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, "", f"invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, "", f"not UTF-8 text (byte {exc.start}); save the file as "
+                          "UTF-8") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "", "is a folder; pass the path of a TOML file") from None
 
     reader = _Reader(path)
     reader.only_keys(data, "", ("agent", "store", "sources", "report", "email"))
@@ -157,6 +162,8 @@ class _Reader:
         value = table[name]
         if not isinstance(value, str) or not value:
             raise self.fail(key, f"expected a non-empty string, got {value!r}")
+        if "\x00" in value:
+            raise self.fail(key, f"invalid value {value!r}: contains a NUL character")
         if choices and value not in choices:
             raise self.fail(key, f"invalid value {value!r}; expected one of: {', '.join(choices)}")
         return value
@@ -235,6 +242,9 @@ def _agent(reader: _Reader, table: Any) -> AgentConfig:
                           "of letters, digits, '_', '.' or '-', starting with a letter or digit")
     state_dir = reader.string(table, "agent", "state_dir", "/var/lib/clicktrail")
     assert state_dir is not None
+    if Path(_relative_to_config(reader.path, state_dir)).is_file():
+        raise reader.fail("agent.state_dir", f"invalid value {state_dir!r}: it is a file; "
+                          "expected a folder (created if missing)")
     return AgentConfig(
         host_id=host_id,
         state_dir=_relative_to_config(reader.path, state_dir),
@@ -282,6 +292,12 @@ def _store(reader: _Reader, table: Any) -> StoreConfig:
     url = reader.string(table, "store", "url", required=True)
     assert url is not None
     scheme = url.split("://", 1)[0] if "://" in url else ""
+    authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
+    if "@" in authority:
+        # Never echo the value: it holds a secret.
+        raise reader.fail("store.url", "credentials in the URL are not accepted; give them in "
+                          "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or in "
+                          "AWS_SHARED_CREDENTIALS_FILE, and write the URL as s3://bucket/prefix")
     if scheme not in ("", "file", "s3"):
         raise reader.fail("store.url", f"unsupported scheme in {url!r}; expected file:///path, "
                           "a plain path, or s3://bucket/prefix")

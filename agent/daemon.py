@@ -21,7 +21,7 @@ from types import FrameType
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from . import notify, spool
+from . import notify, spool, tailer
 from .checkpoint import CheckpointStore
 from .config import Config, ConfigError, load_config
 from .forwarder import Forwarder, ForwardStatus
@@ -81,6 +81,7 @@ class Daemon:
                 self._reload()
             last_scan = time.monotonic()
             self.step()
+            tailer.warnings.flush()
             notify.watchdog()
 
         self._shutdown()
@@ -234,6 +235,8 @@ class Daemon:
 
     def _shutdown(self) -> None:
         notify.stopping()
+        # Sealing and the last uploads may outlast a short TimeoutStopSec; ask for room.
+        notify.extend_timeout(int((STOP_UPLOAD_BUDGET_S + 20) * 1_000_000))
         log.info("stopping: sealing open batches")
         result = PassResult()
         for tail in self.tails:
@@ -248,6 +251,7 @@ class Daemon:
                     or status.next_attempt_at is not None):
                 break
         self.checkpoints.close()
+        tailer.warnings.flush(force=True)
         if self.metrics_server is not None:
             self.metrics_server.close()
         log.info("stopped: %d events sealed at stop", result.events)

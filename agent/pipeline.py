@@ -125,6 +125,7 @@ class SourceTail:
         self.vanished: dict[str, float] = {}
         self.oldest_unflushed: float | None = None
         self.last_scan: list[tuple[tailer.FileState, tailer.Generation]] = []
+        self.stat_cache: dict[str, tuple[tuple[int, int, int, int], tailer.FileState]] = {}
 
     @property
     def pending_bytes(self) -> int:
@@ -169,18 +170,21 @@ class SourceTail:
 
     def _scan(self) -> list[tuple[tailer.FileState, tailer.Generation]]:
         chosen: dict[str, tuple[tailer.FileState, tailer.Generation]] = {}
+        cache: dict[str, tuple[tuple[int, int, int, int], tailer.FileState]] = {}
         for path in tailer.discover(self.source.paths, self.source.exclude):
-            state = tailer.stat_file(path, self.source.name, self.agent.fingerprint_bytes,
-                                     self.agent.max_line_bytes)
+            state = self._stat(path, cache)
             if state is None:
                 continue
             generation = tailer.resolve(state, self.known)
+            if generation is None:
+                continue
             previous = chosen.get(generation.generation)
             # The same content under two names (x.log.1 while gzip writes x.log.2.gz): read the
             # uncompressed one, which can be read from an offset without decompressing.
             if previous is None or (previous[0].compressed and not state.compressed):
                 chosen[generation.generation] = (state, generation)
 
+        self.stat_cache = cache
         for state, generation in chosen.values():
             if generation.generation not in self.known:
                 log.info("source %s: new file %s (generation %s)", self.source.name, state.path,
@@ -197,6 +201,27 @@ class SourceTail:
             self.vanished.pop(generation.generation, None)
         return sorted(chosen.values(), key=lambda item: tailer.rotation_key(item[0].path))
 
+    def _stat(self, path: str, cache: dict) -> tailer.FileState | None:
+        """Stat a file; reuse the head read at the last scan when the file did not change.
+
+        Reading the head means decompressing the start of every rotated .gz copy, which a
+        source with many copies would otherwise repeat at every scan.
+        """
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            return None
+        key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        cached = self.stat_cache.get(path)
+        if cached is not None and cached[0] == key:
+            cache[path] = cached
+            return cached[1]
+        state = tailer.stat_file(path, self.source.name, self.agent.fingerprint_bytes,
+                                 self.agent.max_line_bytes)
+        if state is not None:
+            cache[path] = (key, state)
+        return state
+
     def _read(self, state: tailer.FileState, generation: tailer.Generation,
               result: PassResult) -> bool:
         if state.compressed:
@@ -208,16 +233,19 @@ class SourceTail:
         return self._read_handle(handle, generation, result)
 
     def _handle(self, generation: tailer.Generation, state: tailer.FileState) -> BinaryIO | None:
-        handle = self.handles.get(generation.generation)
+        handle = self.handles.pop(generation.generation, None)
         if handle is not None:
             stat = os.fstat(handle.fileno())
             if (stat.st_dev, stat.st_ino) == (state.device, state.inode):
+                self.handles[generation.generation] = handle
                 return handle
             handle.close()
         try:
             handle = open(state.path, "rb")  # noqa: SIM115 (kept open across polls)
         except OSError as exc:
-            log.warning("source %s: cannot open %s: %s", self.source.name, state.path, exc)
+            tailer.warnings.warning((self.source.name, state.path, type(exc).__name__),
+                                    "source %s: cannot open %s: %s", self.source.name,
+                                    state.path, exc)
             return None
         stat = os.fstat(handle.fileno())
         if (stat.st_dev, stat.st_ino) != (state.device, state.inode):
@@ -286,7 +314,10 @@ class SourceTail:
             generation.complete = True
             return False
 
-        if not buffer and generation.generation not in self.skipping:
+        if buffer and generation.generation not in self.skipping:
+            # A compressed copy is finished: its last line will never get its newline.
+            self._consume(generation, buffer + b"\n", result, buffer_offset)
+        if generation.generation not in self.skipping:
             generation.complete = True
             self._batch(generation).touch(generation.offset)
         return False

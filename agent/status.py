@@ -45,6 +45,7 @@ def collect_status(config: Config) -> dict[str, Any]:
             "spool_oldest_age_s": oldest,
             "last_upload": json.loads(status["last_upload"]) if "last_upload" in status else None,
             "last_error": status.get("last_error"),
+            "forwarding": status.get("forwarding", "not started"),
             "counters": checkpoints.counters(),
         }
     finally:
@@ -67,4 +68,5 @@ def format_status(report: dict[str, Any]) -> str:
     upload = report["last_upload"]
     lines.append(f"last upload: {upload['name'] if upload else 'none'}")
     lines.append(f"last error: {report['last_error'] or 'none'}")
+    lines.append(f"forwarding: {report['forwarding']}")
     return "\n".join(lines)

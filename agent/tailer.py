@@ -10,7 +10,8 @@ Each file found is matched against the generations already known, in this order:
 1. the same (device, inode) with a compatible head and at least the known offset in size:
    the file grew or was renamed;
 2. the id of its first line, with a compatible head (and, uncompressed, not shorter than the
-   offset): a compressed or copied rotation of a known file;
+   offset): a compressed or copied rotation of a known file. An uncompressed copy that is
+   still shorter than the offset is being written and waits for the next scan;
 3. otherwise a new generation. When the first-line id is already taken by different content
    (two files that start with the same line, or a file truncated and rewritten with the same
    first line), the id is derived from that id and the file's (device, inode) instead.
@@ -31,7 +32,11 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import BinaryIO
 
+from .logutil import RateLimitedLogger
+
 log = logging.getLogger(__name__)
+# A file that cannot be read fails again at every scan; say so once a minute, with a count.
+warnings = RateLimitedLogger(log, interval_s=60.0)
 
 COMPRESSED_SUFFIXES = (".gz",)
 _NUMBERED = re.compile(r"\.(\d{1,4})$")
@@ -112,7 +117,8 @@ def stat_file(path: str, source: str, fingerprint_bytes: int, max_line_bytes: in
     except FileNotFoundError:
         return None
     except (OSError, EOFError, zlib.error) as exc:
-        log.warning("source %s: cannot read %s: %s", source, path, exc)
+        warnings.warning((source, path, type(exc).__name__), "source %s: cannot read %s: %s",
+                         source, path, exc)
         return None
 
     newline = head.find(b"\n")
@@ -130,8 +136,8 @@ def heads_compatible(a: bytes, b: bytes) -> bool:
     return a[:shared] == b[:shared]
 
 
-def resolve(state: FileState, known: dict[str, Generation]) -> Generation:
-    """Return the known generation this file holds, or a new one at offset 0."""
+def resolve(state: FileState, known: dict[str, Generation]) -> Generation | None:
+    """Return the known generation this file holds, a new one at offset 0, or None to wait."""
     if not state.compressed:
         for generation in known.values():
             if ((generation.device, generation.inode) == (state.device, state.inode)
@@ -141,9 +147,14 @@ def resolve(state: FileState, known: dict[str, Generation]) -> Generation:
 
     for generation in known.values():
         if (generation.base_generation == state.base_generation
-                and heads_compatible(generation.head, state.head)
-                and (state.compressed or state.size >= generation.offset)):
-            return generation
+                and heads_compatible(generation.head, state.head)):
+            if state.compressed or state.size >= generation.offset:
+                return generation
+            if (generation.device, generation.inode) != (state.device, state.inode):
+                # A copy still being written (copytruncate, cp): it holds this generation but
+                # has not reached its offset yet. Wait for the next scan rather than read it
+                # as new content.
+                return None
 
     generation_id = state.base_generation
     if generation_id in known:

@@ -154,6 +154,8 @@ def import_catalog(store: Store, paths: list[str]) -> list[str]:
                 raise ValueError(f"delivery_id must be 1-64 characters of letters, digits, '_' "
                                  f"or '-', got {delivery_id!r}")
             parse_catalog(delivery_id, raw)
+        except RecursionError:
+            raise ValueError(f"{path}: invalid catalog entry: JSON nested too deeply") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid catalog entry: {exc}") from exc
         entries.append((delivery_id, path))

@@ -49,6 +49,9 @@ def nightly(config_path: str, report_date: datetime | None) -> None:
 
     Example: clicktrail-report nightly --config /etc/clicktrail/clicktrail.toml --date 2026-12-03
     """
+    if report_date is not None and not 1970 <= report_date.year <= 2199:
+        raise click.BadParameter(f"{report_date.date()} is outside 1970-01-01 to 2199-12-31",
+                                 param_hint="--date")
     try:
         config = load_config(config_path)
     except ConfigError as exc:

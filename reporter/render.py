@@ -35,6 +35,7 @@ def make_environment() -> jinja2.Environment:
     )
     env.filters["number"] = format_number
     env.filters["http_url"] = http_url
+    env.filters["shorten"] = shorten
     env.filters["local_time"] = format_local_time
     env.globals["stylesheet"] = Markup(_read_stylesheet())
     return env
@@ -88,6 +89,19 @@ def format_number(value: int | None) -> str:
     if value is None:
         return "n/a"
     return f"{value:,}".replace(",", "\u202f")
+
+
+# Longest text of one URL or label a report shows. Any visitor of the tracking server chooses
+# the URLs it logs, and WeasyPrint's time to break one unbreakable string into lines grows with
+# its square: a few thousand characters take seconds, tens of thousands take minutes.
+MAX_SHOWN_CHARS = 300
+
+
+def shorten(value: str | None, limit: int = MAX_SHOWN_CHARS) -> str | None:
+    """Cut a string from a log or catalog to limit characters, marking the cut with an ellipsis."""
+    if value is None or len(value) <= limit:
+        return value
+    return value[: limit - 1] + "\u2026"
 
 
 def http_url(value: str | None) -> str | None:

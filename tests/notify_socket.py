@@ -32,3 +32,16 @@ class NotifySocket:
 
     def close(self) -> None:
         self.sock.close()
+
+    def drain(self, seconds: float) -> None:
+        """Read and keep messages for `seconds`, so that the sender never finds the queue full."""
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.sock.settimeout(min(remaining, 0.5))
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                continue

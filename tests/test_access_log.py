@@ -254,3 +254,29 @@ def test_generic_preset_ignores_other_paths():
 
     assert result.events.num_rows == 0
     assert result.counters["not_routed"] == 3
+
+
+@pytest.mark.parametrize(
+    "when",
+    ["30/Feb/2026:10:00:00 +0000", "04/Dec/2026:24:00:00 +0000", "04/Dec/2026:10:00:60 +0000",
+     "04/Dec/2026:10:00:00 +2500", "04/Dec/2026:10:00:00 +0160", "4/Dec/2026:10:00:00 +0000"],
+    ids=["feb-30", "hour-24", "second-60", "offset-25h", "offset-60min", "one-digit-day"],
+)
+def test_impossible_times_are_rejected(when):
+    result = parse([line("GET /o/7d81d5.2ace6.gif HTTP/1.1", when=when)])
+
+    assert result.events.num_rows == 0
+    assert result.rejects.column("reason").to_pylist() == ["invalid time field"]
+
+
+@pytest.mark.parametrize(
+    ("status", "size"),
+    [("40000", "42"), ("200", "99999999999999999999999"), ("2000000000000000000000", "1")],
+    ids=["status-beyond-int16", "bytes-beyond-int64", "status-beyond-int64"],
+)
+def test_numbers_out_of_range_do_not_fail_the_batch(status, size):
+    logged = (f'127.0.0.9 - - [04/Dec/2026:20:20:32 +0100] "GET /o/7d81d5.2ace6.gif HTTP/1.1" '
+              f'{status} {size} "-" "Mozilla/5.0"')
+    result = parse([logged, line("GET /o/7d81d5.aaaa.gif HTTP/1.1")])
+
+    assert "aaaa" in result.events.column("recipient_id").to_pylist()

@@ -145,3 +145,43 @@ def test_check_config_ok(tmp_path):
 
     assert result.exit_code == 0
     assert result.output == f"{path}: OK (1 source(s), store file:///srv/clicktrail/store)\n"
+
+
+def test_secret_in_store_url_rejected_not_echoed(tmp_path):
+    path = write(tmp_path, VALID.replace('url = "file:///srv/clicktrail/store"',
+                                         'url = "s3://AKIAX:s3cr3tvalue@bucket/prefix"'))
+
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+
+    assert result.exit_code == 78
+    assert "store.url: credentials in the URL are not accepted" in result.output
+    assert "s3cr3tvalue" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[agent]\nhost_id = \"caf\xe9\"\n", "not UTF-8 text"),
+        (VALID.replace('state_dir = "state"', 'state_dir = "a\\u0000b"').encode(),
+         "agent.state_dir: invalid value 'a\\x00b': contains a NUL character"),
+    ],
+    ids=["latin1-file", "nul-in-path"],
+)
+def test_unreadable_values_exit_78(tmp_path, content, message):
+    path = tmp_path / "clicktrail.toml"
+    path.write_bytes(content)
+
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+
+    assert result.exit_code == 78
+    assert message in result.output
+
+
+def test_state_dir_that_is_a_file(tmp_path):
+    (tmp_path / "state").write_text("not a folder")
+    path = write(tmp_path, VALID)
+
+    result = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+
+    assert result.exit_code == 78
+    assert "agent.state_dir: invalid value 'state': it is a file" in result.output

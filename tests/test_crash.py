@@ -33,10 +33,11 @@ class Writer(threading.Thread):
     truncate) is outside what any reader can recover.
     """
 
-    def __init__(self, log: Path, rng: random.Random):
+    def __init__(self, log: Path, rng: random.Random, rotate_probability: float = 0.08):
         super().__init__(daemon=True)
         self.log = log
         self.rng = rng
+        self.rotate_probability = rotate_probability
         self.next_number = 0
         self.rotations = {"rename": 0, "copytruncate": 0}
         self.stop = threading.Event()
@@ -46,7 +47,7 @@ class Writer(threading.Thread):
             count = self.rng.randint(1, 40)
             append(self.log, range(self.next_number, self.next_number + count))
             self.next_number += count
-            if self.rng.random() < 0.08:
+            if self.rng.random() < self.rotate_probability:
                 kind = self.rng.choice(["rename", "copytruncate"])
                 (rotate_rename if kind == "rename" else rotate_copytruncate)(self.log)
                 self.rotations[kind] += 1

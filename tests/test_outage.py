@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-
 from clicktrail.agent.checkpoint import CheckpointStore
 
 from . import s3_server

@@ -398,3 +398,19 @@ def test_any_input_never_raises(lines):
     assert result.events.schema == schema.EVENT_SCHEMA
     assert result.events.num_rows + result.rejects.num_rows <= 2 * len(lines) + 2
     json.dumps(parser.snapshot())
+
+
+def test_ids_that_cannot_be_ids_are_not_used():
+    parser = PostfixParser(PostfixConfig(
+        message_id_pattern=r"^<(?P<delivery_id>[^.]+)\.(?P<recipient_id>[^@]+)@",
+        envelope_sender_pattern=None))
+    text = (
+        "Dec 04 19:23:11 mx postfix/cleanup[1]: 7107017642D: message-id=<..%2F..\\x.<script>@e>\n"
+        "Dec 04 19:23:11 mx postfix/qmgr[2]: 7107017642D: from=<s@e>, size=1, nrcpt=1 (queue active)\n"
+        "Dec 04 19:23:11 mx postfix/smtp[3]: 7107017642D: to=<a@b.example>, relay=r, delay=1, "
+        "delays=0/0/0/0, dsn=2.0.0, status=sent (250 ok)\n"
+    )
+    events = parse_text(parser, text).events.to_pylist()
+
+    assert [(e["event_type"], e["delivery_id"], e["recipient_id"]) for e in events] == [
+        ("sent", None, None)]

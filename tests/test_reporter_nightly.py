@@ -222,3 +222,15 @@ def test_http_url_filter(url: str, expected: str | None) -> None:
 def test_hostile_url_constant_is_hostile() -> None:
     # Guards the fixture: the escaping tests above mean nothing if the URL is harmless.
     assert "<script>" in HOSTILE_URL
+
+
+def test_long_url_is_shortened_in_report():
+    from clicktrail.reporter.render import MAX_SHOWN_CHARS, shorten
+
+    url = "https://e.example/?q=" + "a" * 20000
+
+    shown = shorten(url)
+
+    assert len(shown) == MAX_SHOWN_CHARS
+    assert shown.endswith("\u2026")
+    assert shorten("https://e.example/") == "https://e.example/"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import pyarrow.dataset as ds
 from click.testing import CliRunner
 from clicktrail.agent import tailer
 from clicktrail.agent.checkpoint import CheckpointStore
@@ -28,6 +29,11 @@ def once(config) -> str:
     result = CliRunner().invoke(main, ["once", "--config", str(config)])
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def read_rejects(store) -> list[str]:
+    table = ds.dataset(store / "rejects", format="parquet", partitioning="hive").to_table()
+    return table.sort_by("source_offset").column("reason").to_pylist()
 
 
 def counters_of(workdir) -> dict[str, int]:
@@ -248,3 +254,44 @@ def test_same_first_line_other_content_gets_own_generation():
 
     assert generation.generation != "g1"
     assert generation.offset == 0
+
+
+def test_far_dates_and_parser_errors_do_not_stop_reading(tmp_path):
+    config = write_config(tmp_path)
+    log = tmp_path / "logs" / "t.log"
+    append(log, [0])
+    with log.open("ab") as f:
+        f.write(b'127.0.0.1 - - [04/Dec/0000:10:00:00 +0000] "GET /o/d1/1.gif HTTP/1.1" 200 1 "-" "t"\n')
+        f.write(b'127.0.0.1 - - [31/Dec/9999:23:59:59 -1400] "GET /o/d1/2.gif HTTP/1.1" 200 1 "-" "t"\n')
+    append(log, [3])
+    once(config)
+    once(config)
+
+    assert stored_numbers(tmp_path / "store") == [0, 3]
+    rejects = read_rejects(tmp_path / "store")
+    assert rejects == ["event time outside 1970 to 2199"] * 2
+
+
+def test_unterminated_last_line_of_compressed_copy_is_read(tmp_path):
+    config = write_config(tmp_path)
+    log = tmp_path / "logs" / "t.log"
+    append(log, [0])
+    with log.open("ab") as f:
+        f.write(b'127.0.0.1 - - [04/Dec/2026:20:00:00 +0000] "GET /o/d1/1.gif HTTP/1.1" 200 1 "-" "t"')
+    once(config)
+    assert stored_numbers(tmp_path / "store") == [0]
+
+    rotate_rename(log)
+    rotate_rename(log)  # t.log.2.gz: finished, its last line will never end
+    once(config)
+
+    assert stored_numbers(tmp_path / "store") == [0, 1]
+
+
+def test_copy_still_being_written_waits():
+    known = {"g1": tailer.Generation("g1", "g1", "/l/t.log", 1, 42, b"first line A\n", 500)}
+    partial_copy = tailer.FileState("/l/t.log.1", 1, 77, 200, False, b"first line A\n", "g1")
+    finished_copy = tailer.FileState("/l/t.log.1", 1, 77, 900, False, b"first line A\n", "g1")
+
+    assert tailer.resolve(partial_copy, known) is None
+    assert tailer.resolve(finished_copy, known) is known["g1"]

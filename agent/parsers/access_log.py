@@ -30,6 +30,13 @@ NEEDS_NORMALISING = r"^[A-Za-z][A-Za-z0-9+.-]*://|%|//|/\.\.?(?:/|\?|$)"
 UNRESERVED = re.compile(r"%(2[DdEe]|3[0-9]|[46][1-9A-Fa-f]|[57][0-9Aa]|5[Ff]|7[Ee])")
 
 
+INT64 = pa.int64()
+# Common Log Format time with every field in its range; Arrow's strptime would roll
+# 30/Feb over into March and accept an offset of +2500.
+CLF_TIME = (r"^(0[1-9]|[12][0-9]|3[01])/[A-Z][a-z]{2}/[0-9]{4}:([01][0-9]|2[0-3]):[0-5][0-9]:"
+            r"[0-5][0-9] [+-](0[0-9]|1[0-4])[0-5][0-9]$")
+
+
 class AccessLogParser:
     def __init__(self, cfg: Any):
         self.routes: tuple[Route, ...] = tuple(cfg.routes)
@@ -74,7 +81,7 @@ class AccessLogParser:
 
         take = pa.array(rows)
         selected = {name: col.take(take) for name, col in columns.items()}
-        status = pc.cast(_null_dash(selected["status"]), pa.int16(), safe=False)
+        status = _to_int(selected["status"], max_digits=3, type_=pa.int16())
         ok = np.asarray(pc.and_(pc.greater_equal(status, 200), pc.less(status, 400)).fill_null(False))
         counters["not_successful"] = int((~ok).sum())
 
@@ -126,7 +133,7 @@ class AccessLogParser:
             if name in self.format.quoted:
                 column = _unescape_quoted(column)
             if name in ("status", "response_bytes", "response_time_us"):
-                column = pc.cast(column, pa.int64(), safe=False)
+                column = _to_int(column, max_digits=18)
             if name == "location":
                 # The redirect target the server answered is the best URL; else the route's.
                 columns["url"] = pc.coalesce(column, columns["url"])
@@ -207,10 +214,15 @@ def _decode_tokens(route: Route, tokens: list[str | None],
 def _parse_times(column: pa.Array, time_format: str | None) -> pa.Array:
     if time_format == "clf":
         inner = pc.utf8_slice_codeunits(column, 1, -1)
-        return pc.strptime(inner, format="%d/%b/%Y:%H:%M:%S %z", unit="us", error_is_null=True)
+        parsed = pc.strptime(inner, format="%d/%b/%Y:%H:%M:%S %z", unit="us", error_is_null=True)
+        local = pc.strptime(pc.utf8_slice_codeunits(inner, 0, 20), format="%d/%b/%Y:%H:%M:%S",
+                            unit="us", error_is_null=True)
+        day = _to_int(pc.utf8_slice_codeunits(inner, 0, 2), max_digits=2)
+        valid = pc.and_(pc.match_substring_regex(inner, CLF_TIME), pc.equal(pc.day(local), day))
+        return pc.if_else(valid.fill_null(False), parsed, pa.scalar(None, parsed.type))
     if time_format in ("sec", "msec", "usec"):
         scale = {"sec": 1_000_000, "msec": 1_000, "usec": 1}[time_format]
-        numbers = pc.cast(column, pa.int64(), safe=False)
+        numbers = _to_int(column, max_digits=16)
         return pc.cast(pc.multiply(numbers, scale), pa.timestamp("us", tz="UTC"))
     return pc.strptime(column, format=time_format, unit="us", error_is_null=True)
 
@@ -262,6 +274,16 @@ def _normalise_targets(target: pa.Array) -> pa.Array:
     for i in np.flatnonzero(np.asarray(flagged)).tolist():
         values[i] = normalise_target(values[i])
     return pa.array(values, pa.string())
+
+
+def _to_int(column: pa.Array, max_digits: int, type_: pa.DataType = INT64) -> pa.Array:
+    """Parse digit strings as integers; anything else, or too long to fit, becomes null.
+
+    A log line may carry any digits in a numeric field (a status of 40000, a byte count beyond
+    int64), and one such value must not fail the whole batch.
+    """
+    digits = pc.match_substring_regex(column, f"^[0-9]{{1,{max_digits}}}$").fill_null(False)
+    return pc.cast(pc.if_else(digits, column, pa.scalar(None, pa.string())), type_)
 
 
 def _null_dash(column: pa.Array) -> pa.Array:

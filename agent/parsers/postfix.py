@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from .. import schema
 from ..bounce import ADDRESS_RE, classify, compile_extra_rules
+from ..routes import VALID_ID
 from .base import LineBatch, ParseResult, SourceContext, build_events, build_rejects
 
 logger = logging.getLogger(__name__)
@@ -510,7 +511,13 @@ def _match_ids(regex: re.Pattern[str] | None, value: str | None) -> list[str | N
     if match is None:
         return None
     groups = match.groupdict()
-    return [groups.get("delivery_id"), groups.get("recipient_id"), groups.get("link_id")]
+    ids = [groups.get("delivery_id") or None, groups.get("recipient_id") or None,
+           groups.get("link_id") or None]
+    # Message-IDs and envelope senders come from whoever submitted the mail: an id that could
+    # not be a real one ("../x", markup) is not used, and the event stays unattributed.
+    if any(value is not None and not VALID_ID.match(value) for value in ids):
+        return None
+    return ids
 
 
 def _new_entry(seen_s: int) -> dict[str, Any]:
