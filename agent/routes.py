@@ -95,6 +95,9 @@ def check_pattern(pattern: str) -> None:
     try:
         pc.extract_regex(pa.array([], pa.string()), pattern)
     except pa.ArrowInvalid as exc:
+        if "unnamed groups" in str(exc):
+            raise ValueError("every group must be named, as (?P<delivery_id>...), or "
+                             "non-capturing, as (?:...)") from None
         raise ValueError(f"not supported by the RE2 engine ({exc}); look-arounds and "
                          "back-references are not allowed") from None
 

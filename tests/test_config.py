@@ -78,6 +78,9 @@ def test_example_config_is_valid():
          "routes = \"generic\"\n[[sources.route]]\nevent = \"open\"\npattern = '^/o/(?=a)'",
          "sources[0].route[0].pattern", "not supported by the RE2 engine"),
         ('routes = "generic"',
+         "routes = \"generic\"\n[[sources.route]]\nevent = \"open\"\npattern = '^/o/(\\w+)'",
+         "sources[0].route[0].pattern", "every group must be named"),
+        ('routes = "generic"',
          "routes = \"generic\"\n[[sources.route]]\nevent = \"view\"\npattern = '^/v'",
          "sources[0].route[0].event", "invalid value 'view'"),
         ('routes = "generic"',
@@ -89,7 +92,7 @@ def test_example_config_is_valid():
     ],
     ids=["host-path", "host-type", "batch-type", "flush-range", "unknown-key", "store-scheme",
          "kind", "source-name", "paths-empty", "preset", "format-no-time", "format-directive",
-         "route-group", "route-re2", "route-event", "route-token-fields", "timezone"],
+         "route-group", "route-re2", "route-unnamed-group", "route-event", "route-token-fields", "timezone"],
 )
 def test_invalid_value_names_key(tmp_path, replace, by, key, message):
     assert replace in VALID
