@@ -117,7 +117,7 @@ class Daemon:
         if full != self.reading_paused:
             self.reading_paused = full
             if full:
-                log.warning("spool holds %d bytes (max_spool_bytes %d): reading paused until "
+                log.warning("spool contains %d bytes (max_spool_bytes %d): reading paused until "
                             "uploads drain it; the log files keep the lines meanwhile",
                             spool_bytes, agent.max_spool_bytes)
             else:

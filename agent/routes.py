@@ -68,7 +68,7 @@ class Route:
                              f"{len(self.token_fields)} separated by {self.token_separator!r}")
         for part in parts:
             if not VALID_ID.match(part):
-                raise TokenError("token field is empty or holds characters an id cannot have")
+                raise TokenError("token field is empty or contains characters an id cannot have")
         return dict(zip(self.token_fields, parts, strict=True))
 
 

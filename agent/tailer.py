@@ -161,7 +161,7 @@ def resolve(state: FileState, known: dict[str, Generation]) -> Generation | None
         # Same first line, different content: derive an id that this file alone has.
         key = f"{generation_id}:{state.device}:{state.inode}".encode()
         generation_id = hashlib.blake2b(key, digest_size=8).hexdigest()
-        log.warning("file %s starts like generation %s but holds other content; reading it as "
+        log.warning("file %s starts like generation %s but contains other content; reading it as "
                  "generation %s", state.path, state.base_generation, generation_id)
     return Generation(generation=generation_id, base_generation=state.base_generation,
                       path=state.path, device=state.device, inode=state.inode, head=state.head,
@@ -189,7 +189,7 @@ def read_compressed(state: FileState, offset: int, chunk_bytes: int) -> Iterator
     with raw:
         stat = os.fstat(raw.fileno())
         if (stat.st_dev, stat.st_ino) != (state.device, state.inode):
-            raise FileChanged(f"{state.path} now holds another file")
+            raise FileChanged(f"{state.path} now contains another file")
         yield from _decompress(raw, state.path, offset, chunk_bytes)
 
 

@@ -173,7 +173,7 @@ def test_custom_route_ids_cannot_carry_paths():
 
     assert result.events.column("delivery_id").to_pylist() == ["ok"]
     assert result.rejects.column("reason").to_pylist() == [
-        "invalid id: delivery_id is empty, too long or holds characters an id cannot have"] * 2
+        "invalid id: delivery_id is empty, too long or contains characters an id cannot have"] * 2
 
 
 def test_location_is_the_url_in_rich_format():

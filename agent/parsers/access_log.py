@@ -175,7 +175,7 @@ def _routed_rows(route: Route, hits: pa.StructArray, positions: np.ndarray) -> _
     for name, column in ids.items():
         invalid = pc.invert(pc.match_substring_regex(column, VALID_ID.pattern)).fill_null(False)
         invalid_np = np.asarray(invalid) & (reasons == None)  # noqa: E711 (numpy element-wise)
-        reasons[invalid_np] = (f"invalid id: {name} is empty, too long or holds characters an "
+        reasons[invalid_np] = (f"invalid id: {name} is empty, too long or contains characters an "
                                "id cannot have")
 
     event = pa.array([route.event] * count, pa.string())
