@@ -20,7 +20,7 @@ from . import routes as routes_module
 from .schema import SAFE_NAME
 
 EX_CONFIG = 78
-SOURCE_KINDS = ("access_log", "postfix")
+SOURCE_KINDS = ("access_log", "postfix", "exim", "powermta", "kumomta")
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -66,6 +66,10 @@ class SourceConfig:
     timezone: str = "UTC"
     message_id_pattern: str | None = None
     envelope_sender_pattern: str | None = None
+    # powermta: a regex on the jobId column, with the named group delivery_id.
+    job_id_pattern: str | None = None
+    # kumomta: (id name, meta key) pairs, such as (("delivery_id", "campaign"),).
+    meta_ids: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class EmailConfig:
     sender: str = ""
     to: tuple[str, ...] = ()
     timeout_s: float = 30.0
+    ca_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -336,7 +341,7 @@ def _source(reader: _Reader, table: dict[str, Any], index: int) -> SourceConfig:
     prefix = f"sources[{index}]"
     reader.only_keys(table, prefix, ("name", "kind", "paths", "exclude", "log_format", "routes",
                                      "route", "timezone", "message_id_pattern",
-                                     "envelope_sender_pattern"))
+                                     "envelope_sender_pattern", "job_id_pattern", "meta_ids"))
     name = reader.string(table, prefix, "name", required=True)
     assert name is not None
     if not SAFE_NAME.match(name):
@@ -358,12 +363,39 @@ def _source(reader: _Reader, table: dict[str, Any], index: int) -> SourceConfig:
     for key in ("log_format", "routes", "route"):
         if key in table:
             raise reader.fail(f"{prefix}.{key}", f"not used by kind {kind!r}; remove it")
+    for key, key_kind in (("job_id_pattern", "powermta"), ("meta_ids", "kumomta")):
+        if key in table and kind != key_kind:
+            raise reader.fail(f"{prefix}.{key}", f"not used by kind {kind!r}, only by "
+                              f"{key_kind!r}; remove it")
+    job_id_pattern = reader.regex(table, prefix, "job_id_pattern", ids)
+    if job_id_pattern is not None and "delivery_id" not in re.compile(job_id_pattern).groupindex:
+        raise reader.fail(f"{prefix}.job_id_pattern", f"missing the named group delivery_id in "
+                          f"{job_id_pattern!r}")
     return SourceConfig(
         name=name, kind=kind, paths=paths, exclude=exclude,
         timezone=reader.timezone(table, prefix, "timezone", "UTC"),
         message_id_pattern=reader.regex(table, prefix, "message_id_pattern", ids),
         envelope_sender_pattern=reader.regex(table, prefix, "envelope_sender_pattern", ids),
+        job_id_pattern=job_id_pattern,
+        meta_ids=_meta_ids(reader, table, prefix, ids),
     )
+
+
+def _meta_ids(reader: _Reader, table: dict[str, Any], prefix: str,
+              ids: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Read meta_ids, a table from id names to the KumoMTA meta keys that hold them."""
+    if "meta_ids" not in table:
+        return ()
+    key = f"{prefix}.meta_ids"
+    value = reader.table(table["meta_ids"], key)
+    for name, meta_key in value.items():
+        if name not in ids:
+            raise reader.fail(f"{key}.{name}", f"unknown id name; expected one of: {', '.join(ids)}")
+        if not isinstance(meta_key, str) or not meta_key:
+            raise reader.fail(f"{key}.{name}", f"expected a non-empty string, got {meta_key!r}")
+    if "delivery_id" not in value:
+        raise reader.fail(f"{key}.delivery_id", "missing; meta_ids needs at least delivery_id")
+    return tuple((name, value[name]) for name in ids if name in value)
 
 
 def _access_log_source(reader: _Reader, table: dict[str, Any], prefix: str, name: str,
@@ -425,7 +457,17 @@ def _email(reader: _Reader, table: Any) -> EmailConfig | None:
         raise reader.fail("email.password", "passwords are not read from the config file; set "
                           "password_env or password_file")
     reader.only_keys(table, "email", ("smtp_host", "smtp_port", "security", "username",
-                                      "password_env", "password_file", "from", "to", "timeout_s"))
+                                      "password_env", "password_file", "from", "to", "timeout_s",
+                                      "ca_file"))
+    if "password_env" in table and "password_file" in table:
+        raise reader.fail("email.password_file", "set either password_env or password_file, "
+                          "not both")
+    ca_file = reader.string(table, "email", "ca_file")
+    if ca_file is not None:
+        ca_file = _relative_to_config(reader.path, ca_file)
+        if not Path(ca_file).is_file():
+            raise reader.fail("email.ca_file", f"file not found: {ca_file}; expected a PEM file "
+                              "with the CA that signed the mail server's certificate")
     host = reader.string(table, "email", "smtp_host", required=True)
     assert host is not None
     sender = reader.string(table, "email", "from", required=True)
@@ -442,4 +484,5 @@ def _email(reader: _Reader, table: Any) -> EmailConfig | None:
         to=reader.string_list(table, "email", "to"),
         timeout_s=reader.number(table, "email", "timeout_s", 30.0, minimum=1, maximum=600,
                                 integer=False),
+        ca_file=ca_file,
     )

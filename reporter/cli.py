@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 from datetime import datetime
 
 import click
@@ -10,6 +12,7 @@ from clicktrail.agent.config import ConfigError, load_config
 
 from .catalog import import_catalog
 from .errors import ReporterError
+from .mail import EMAIL_DIR, email_reports
 from .nightly import run_nightly
 from .store import open_store
 
@@ -37,25 +40,49 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--config", "config_path", required=True,
               type=click.Path(exists=True, dir_okay=False),
-              help="The clicktrail TOML config file ([store] and [report] are read).")
+              help="The clicktrail TOML config file ([store] and [report] are read, and "
+                   "[email] with --email).")
 @click.option("--date", "report_date", type=click.DateTime(formats=["%Y-%m-%d"]),
               metavar="YYYY-MM-DD",
               help="Report date YYYY-MM-DD in the report time zone. Default: yesterday.")
-def nightly(config_path: str, report_date: datetime | None) -> None:
+@click.option("--email", "send_email", is_flag=True,
+              help="Email each delivery's PDF to its catalog owners and [email] to.")
+@click.option("--dry-run", is_flag=True,
+              help=f"With --email, write the messages to OUTPUT_DIR/YYYY-MM-DD/{EMAIL_DIR}/ as "
+                   ".eml files instead of sending them.")
+def nightly(config_path: str, report_date: datetime | None, send_email: bool,
+            dry_run: bool) -> None:
     """Render the reports of every delivery with events in the last lookback_days days.
 
     Each delivery is recomputed from all its events up to the end of the report date, and the
-    HTML and PDF reports plus an index.html are published in OUTPUT_DIR/YYYY-MM-DD/.
+    HTML and PDF reports plus an index.html are published in OUTPUT_DIR/YYYY-MM-DD/. With
+    --email, each PDF is then sent over SMTP as [email] sets. If a recipient is not reached,
+    the exit status is 1 and the reports stay published.
 
     Example: clicktrail-report nightly --config /etc/clicktrail/clicktrail.toml --date 2026-12-03
+
+    Example: clicktrail-report nightly --config /etc/clicktrail/clicktrail.toml --email --dry-run
     """
     if report_date is not None and not 1970 <= report_date.year <= 2199:
         raise click.BadParameter(f"{report_date.date()} is outside 1970-01-01 to 2199-12-31",
                                  param_hint="--date")
+    if dry_run and not send_email:
+        raise click.UsageError("--dry-run applies to --email; pass both to write .eml files")
     try:
         config = load_config(config_path)
     except ConfigError as exc:
         raise ConfigClickError(str(exc)) from exc
+
+    on_published = None
+    if send_email:
+        if config.email is None:
+            raise ConfigClickError(f"{config.path}: --email needs an [email] table with smtp_host "
+                                   "and from (config.example.toml documents it)")
+        # A private mail server's CA comes from [email] ca_file; the system CAs otherwise.
+        ssl_context = ssl.create_default_context(cafile=config.email.ca_file)
+        on_published = functools.partial(email_reports, config.email, dry_run=dry_run,
+                                         local_hostname=config.agent.host_id,
+                                         ssl_context=ssl_context)
 
     try:
         result = run_nightly(
@@ -66,6 +93,7 @@ def nightly(config_path: str, report_date: datetime | None) -> None:
             lookback_days=config.report.lookback_days,
             store_endpoint_override=config.store.endpoint_override,
             store_region=config.store.region,
+            on_published=on_published,
         )
     except ReporterError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -46,6 +46,7 @@ MAX_SUBJECT_TITLE_CHARS = 100
 # RFC 5321 section 4.5.3.1.3 limits a forward path to 256 octets, which leaves 254 for the address.
 MAX_ADDRESS_CHARS = 254
 MAX_SHOWN_CHARS = 200
+MAX_SHOWN_ID_CHARS = 64
 
 # An ASCII addr-spec in dot-atom form (RFC 5322 section 3.4.1) with a host name as domain. The
 # characters of an address list header (",", "<", quotes, spaces) are all outside it, so a
@@ -75,6 +76,8 @@ class Failure:
     delivery_id: str
     recipient: str
     reason: str
+    # True when every attempt failed with a transient error, so a later rerun may succeed.
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,8 @@ def email_reports(config: EmailConfig, result: NightlyResult, *, dry_run: bool =
         sender = check_address(config.sender, "[email] from")
     except ValueError as exc:
         raise MailError(str(exc)) from None
-    outgoing = build_messages(config, sender, result)
+    configured = valid_addresses(config.to, "[email] to")
+    outgoing = build_messages(sender, configured, result)
     if dry_run:
         return write_eml_files(outgoing, result.report_dir / EMAIL_DIR)
     if not outgoing:
@@ -120,13 +124,17 @@ def email_reports(config: EmailConfig, result: NightlyResult, *, dry_run: bool =
                              password=password)
     if failures:
         raise MailError(_failure_message(failures, len(outgoing), result.report_dir),
-                        failures=failures, transient=False)
+                        failures=failures,
+                        transient=all(failure.transient for failure in failures))
     log.info("sent %d report emails", len(outgoing))
     return []
 
 
 def check_address(value: object, where: str) -> str:
-    """Check one email address from the config or the catalog; raise ValueError saying why."""
+    """Check one email address from the config or the catalog, and return it stripped.
+
+    Raises ValueError naming the value, where it comes from and why it is invalid.
+    """
     if not isinstance(value, str):
         raise ValueError(f"invalid address {value!r} in {where}: expected a string")
     if "\r" in value or "\n" in value:
@@ -142,15 +150,17 @@ def check_address(value: object, where: str) -> str:
     return address
 
 
-def build_messages(config: EmailConfig, sender: str,
+def build_messages(sender: str, configured: list[str],
                    result: NightlyResult) -> list[OutgoingMessage]:
-    """Build one message per delivery that has at least one valid recipient."""
+    """Build one message per delivery, to its valid owners plus the configured addresses."""
     outgoing = []
     for report in result.reports:
-        recipients = delivery_recipients(report.delivery_id, report.owners, config.to)
+        shown_id = _shown_id(report.delivery_id)
+        owners = valid_addresses(report.owners, f"the catalog owners of delivery {shown_id}")
+        recipients = _deduplicate(owners + configured)
         if not recipients:
             log.warning("delivery %s has no valid recipients (catalog owners and [email] to); "
-                        "its report is not emailed", report.delivery_id)
+                        "its report is not emailed", shown_id)
             continue
 
         pdf_path = result.report_dir / report.pdf_name
@@ -166,29 +176,30 @@ def build_messages(config: EmailConfig, sender: str,
     return outgoing
 
 
-def delivery_recipients(delivery_id: str, owners: tuple[str, ...],
-                        configured: tuple[str, ...]) -> tuple[str, ...]:
-    """Check and deduplicate a delivery's owners plus the configured list, in that order."""
-    candidates = [(owner, f"the catalog owners of delivery {delivery_id}") for owner in owners]
-    candidates += [(address, "[email] to") for address in configured]
-
-    recipients: dict[str, str] = {}
-    for value, where in candidates:
+def valid_addresses(values: tuple[str, ...], where: str) -> list[str]:
+    """Return the valid addresses among values, and log a warning naming each invalid one."""
+    addresses = []
+    for value in values:
         try:
-            address = check_address(value, where)
+            addresses.append(check_address(value, where))
         except ValueError as exc:
-            log.warning("skipping a recipient of delivery %s: %s", delivery_id, exc)
-            continue
-        # Mail servers treat local parts without regard to case in practice, and a second
-        # copy of the same report to one mailbox is only noise.
-        recipients.setdefault(address.casefold(), address)
-    return tuple(recipients.values())
+            log.warning("skipping a recipient: %s", exc)
+    return addresses
+
+
+def _deduplicate(addresses: list[str]) -> tuple[str, ...]:
+    # Mail servers treat local parts without regard to case in practice, and a second copy
+    # of the same report to one mailbox is only noise.
+    unique: dict[str, str] = {}
+    for address in addresses:
+        unique.setdefault(address.casefold(), address)
+    return tuple(unique.values())
 
 
 def build_message(sender: str, recipients: tuple[str, ...], report: DeliveryReport,
                   report_date: date, pdf: bytes) -> EmailMessage:
     """Build the message: headers, a plain-text summary and the PDF report attached."""
-    title = clean_header_text(report.title, MAX_SUBJECT_TITLE_CHARS) or report.delivery_id
+    title = clean_header_text(report.title, MAX_SUBJECT_TITLE_CHARS) or _shown_id(report.delivery_id)
     attachment_name = f"{Path(report.pdf_name).stem}-{report_date.isoformat()}.pdf"
 
     message = EmailMessage(policy=SMTP_POLICY)
@@ -198,7 +209,7 @@ def build_message(sender: str, recipients: tuple[str, ...], report: DeliveryRepo
     message["Date"] = formatdate(localtime=True)
     # An explicit domain, because make_msgid() would otherwise look up this host's name.
     message["Message-ID"] = make_msgid(idstring="clicktrail", domain=sender.rsplit("@", 1)[1])
-    # RFC 3834: keeps vacation responders from answering an automatic message.
+    # RFC 3834 section 5: vacation responders do not reply to an automatic message.
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(_summary_text(title, report, report_date, attachment_name))
     message.add_attachment(pdf, maintype="application", subtype="pdf",
@@ -208,9 +219,9 @@ def build_message(sender: str, recipients: tuple[str, ...], report: DeliveryRepo
 
 def clean_header_text(value: str, max_chars: int) -> str:
     """Remove line breaks and control characters, collapse spaces and cut to max_chars."""
-    kept = "".join(" " if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES else char
-                   for char in value)
-    text = " ".join(kept.split())
+    spaced = "".join(" " if unicodedata.category(char) in _UNPRINTABLE_CATEGORIES else char
+                     for char in value)
+    text = " ".join(spaced.split())
     if len(text) > max_chars:
         text = text[:max_chars - 1].rstrip() + "…"
     return text
@@ -232,7 +243,7 @@ def _summary_text(title: str, report: DeliveryReport, report_date: date,
         ("Unsubscriptions",
          f"{figures.unsubscriptions} ({figures.unsubscription_rate.percent()})"),
     ]
-    lines = [f"{title} (delivery {clean_header_text(report.delivery_id, 64)})",
+    lines = [f"{title} (delivery {_shown_id(report.delivery_id)})",
              f"Figures up to the end of {report_date.isoformat()}, counted as in the report:",
              ""]
     lines += [f"  {label:<24}{value}" for label, value in rows]
@@ -281,7 +292,7 @@ def read_password(config: EmailConfig) -> str | None:
             # The exception text names the file and the reason, never the content.
             raise MailError(f"cannot read the SMTP password from [email] password_file "
                             f"{config.password_file}: {exc}") from None
-        # One trailing newline is what editors and `echo` add; anything else is the password.
+        # Editors and `echo` add one trailing newline, so only that one is removed.
         password = text.removesuffix("\n").removesuffix("\r")
         if not password:
             raise MailError(f"the SMTP password file {config.password_file} is empty")
@@ -354,7 +365,7 @@ def send_messages(outgoing: list[OutgoingMessage], sender: str, connect: Connect
     for job in jobs:
         for recipient in job.pending:
             reason = f"{job.last_error.get(recipient, 'not sent')} (after {max_attempts} attempts)"
-            failures.append(Failure(job.outgoing.delivery_id, recipient, reason))
+            failures.append(Failure(job.outgoing.delivery_id, recipient, reason, transient=True))
     return failures
 
 
@@ -372,18 +383,11 @@ def _send_attempt(jobs: list[_Job], sender: str, connect: Connect, failures: lis
         for index, job in enumerate(jobs):
             try:
                 _send_one(smtp, job, sender, failures, password)
-            except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException) as exc:
+            except OSError as exc:
                 transient, reason = _classify(exc, password)
-                if isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code != 421:
+                if not _ends_session(exc):
                     _record(job, list(job.pending), transient, reason, failures)
                     continue
-                # RFC 5321 reply 421 and a dropped connection end the session: this and the
-                # later messages wait for the next attempt.
-                for waiting in jobs[index:]:
-                    _record(waiting, list(waiting.pending), True, reason, failures)
-                return
-            except OSError as exc:
-                _transient, reason = _classify(exc, password)
                 for waiting in jobs[index:]:
                     _record(waiting, list(waiting.pending), True, reason, failures)
                 return
@@ -409,7 +413,8 @@ def _send_one(smtp: smtplib.SMTP, job: _Job, sender: str, failures: list[Failure
 
     accepted = [r for r in job.pending if r not in refused]
     if accepted:
-        log.info("sent the report of delivery %s to %d recipients", delivery_id, len(accepted))
+        log.info("sent the report of delivery %s to %d recipients", _shown_id(delivery_id),
+                 len(accepted))
     # _record has already dropped the recipients refused for good; the others are retried.
     job.pending = [r for r in job.pending if r in refused]
 
@@ -421,9 +426,18 @@ def _record(job: _Job, recipients: list[str], transient: bool, reason: str,
         if transient:
             job.last_error[recipient] = reason
             continue
-        log.warning("report of delivery %s not sent to %s: %s", delivery_id, recipient, reason)
+        log.warning("report of delivery %s not sent to %s: %s", _shown_id(delivery_id), recipient,
+                    reason)
         failures.append(Failure(delivery_id, recipient, reason))
         job.pending.remove(recipient)
+
+
+def _ends_session(exc: OSError) -> bool:
+    # A socket error, a dropped connection and reply 421 (RFC 5321 section 3.8) end the session,
+    # so the later messages wait for the next attempt. Other SMTP errors concern one message.
+    if isinstance(exc, smtplib.SMTPServerDisconnected) or not isinstance(exc, smtplib.SMTPException):
+        return True
+    return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code == 421
 
 
 def _classify(exc: BaseException, password: str | None) -> tuple[bool, str]:
@@ -472,12 +486,18 @@ def _failure_message(failures: list[Failure], total: int, report_dir: Path) -> s
     lines = [f"failed to email the reports of {len(deliveries)} of {total} deliveries; the "
              f"reports are published in {report_dir}:"]
     for (delivery_id, reason), recipients in by_delivery.items():
-        lines.append(f"  delivery {delivery_id}: not sent to {', '.join(recipients)}: {reason}")
+        shown_id = _shown_id(delivery_id)
+        lines.append(f"  delivery {shown_id}: not sent to {', '.join(recipients)}: {reason}")
     return "\n".join(lines)
 
 
+def _shown_id(delivery_id: str) -> str:
+    # Ids come from log lines, so they may contain anything. Plain ids are shown unchanged.
+    return clean_header_text(delivery_id, MAX_SHOWN_ID_CHARS)
+
+
 def _shown(value: str) -> str:
-    # Catalog values may be long or hold control characters; repr escapes them.
+    # Catalog values may be long or contain control characters, which repr escapes.
     if len(value) > MAX_SHOWN_CHARS:
         return repr(value[:MAX_SHOWN_CHARS]) + "…"
     return repr(value)

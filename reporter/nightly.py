@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -44,6 +44,8 @@ class DeliveryReport:
     html_name: str
     pdf_name: str
     metrics: m.DeliveryMetrics
+    # Email addresses from the catalog entry, unchecked: the mail module validates them.
+    owners: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,14 +63,20 @@ class NightlyResult:
     report_dir: Path
     index_path: Path
     reports: list[DeliveryReport]
+    report_date: date
 
 
 def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: str,
                 report_date: date | None = None, lookback_days: int = 30, *,
                 store_endpoint_override: str | None = None,
-                store_region: str | None = None) -> NightlyResult:
+                store_region: str | None = None,
+                on_published: Callable[[NightlyResult], object] | None = None) -> NightlyResult:
     """Render the reports of every delivery with an event in the lookback period up to the
     end of report_date (default: yesterday in the report time zone) and publish them.
+
+    on_published (the email step) is called with the result while the run still holds the
+    lock, so no other run replaces the files it reads. Its exceptions propagate after the
+    reports are published.
 
     Raises ReporterError (StoreError, OutputError, LockedError) with a message for the operator.
     """
@@ -88,10 +96,14 @@ def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: st
         staging = _stage_outputs(output_root, period, reports, quality)
         target = output_root / period.report_date.isoformat()
         _publish(staging, target)
+        log.info("published %d delivery reports in %s", len(reports), target)
 
-    log.info("published %d delivery reports in %s", len(reports), target)
-    return NightlyResult(report_dir=target, index_path=target / INDEX_FILE,
-                         reports=[report for report, _catalog, _charts in reports])
+        result = NightlyResult(report_dir=target, index_path=target / INDEX_FILE,
+                               reports=[report for report, _catalog, _charts in reports],
+                               report_date=period.report_date)
+        if on_published is not None:
+            on_published(result)
+    return result
 
 
 def report_file_stem(delivery_id: str) -> str:
@@ -141,6 +153,7 @@ def _compute(store: Store, period: ReportPeriod,
             html_name=f"{stem}.html",
             pdf_name=f"{stem}.pdf",
             metrics=figures[delivery_id],
+            owners=catalog.owners,
         )
         charts = time_charts(report.metrics, period.timezone, catalog.sent_at)
         reports.append((report, catalog, charts))
