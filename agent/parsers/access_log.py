@@ -212,6 +212,17 @@ def _decode_tokens(route: Route, tokens: list[str | None],
 
 
 def _parse_times(column: pa.Array, time_format: str | None) -> pa.Array:
+    """Parse the time field; each distinct value is parsed once.
+
+    A busy server writes the same second on many lines, so parsing the distinct values and
+    mapping them back costs a fraction of parsing every line.
+    """
+    encoded = column.dictionary_encode()
+    parsed = _parse_distinct_times(encoded.dictionary, time_format)
+    return parsed.take(encoded.indices)
+
+
+def _parse_distinct_times(column: pa.Array, time_format: str | None) -> pa.Array:
     if time_format == "clf":
         inner = pc.utf8_slice_codeunits(column, 1, -1)
         parsed = pc.strptime(inner, format="%d/%b/%Y:%H:%M:%S %z", unit="us", error_is_null=True)
@@ -295,10 +306,9 @@ def _unescape_quoted(column: pa.Array) -> pa.Array:
     escaped = pc.match_substring(column, "\\").fill_null(False)
     if not pc.any(escaped).as_py():
         return column
-    values = column.to_pylist()
-    for i in np.flatnonzero(np.asarray(escaped)).tolist():
-        values[i] = unescape_apache(values[i])
-    return pa.array(values, pa.string())
+    # Only the rows with escapes leave Arrow; the rest of the column stays as it is.
+    replacements = [unescape_apache(value) for value in column.filter(escaped).to_pylist()]
+    return pc.replace_with_mask(column, escaped, pa.array(replacements, pa.string()))
 
 
 def _no_rejects(ctx: SourceContext) -> pa.Table:

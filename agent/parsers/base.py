@@ -69,13 +69,13 @@ def provenance_columns(ctx: SourceContext, offsets: np.ndarray) -> dict[str, pa.
     """Build the provenance columns for rows whose lines start at offsets."""
     n = len(offsets)
     return {
-        "source_kind": pa.array([ctx.kind] * n, pa.string()),
-        "source_name": pa.array([ctx.source] * n, pa.string()),
-        "source_host": pa.array([ctx.host] * n, pa.string()),
-        "source_path": pa.array([ctx.path] * n, pa.string()),
-        "source_generation": pa.array([ctx.generation] * n, pa.string()),
+        "source_kind": pa.repeat(pa.scalar(ctx.kind, pa.string()), n),
+        "source_name": pa.repeat(pa.scalar(ctx.source, pa.string()), n),
+        "source_host": pa.repeat(pa.scalar(ctx.host, pa.string()), n),
+        "source_path": pa.repeat(pa.scalar(ctx.path, pa.string()), n),
+        "source_generation": pa.repeat(pa.scalar(ctx.generation, pa.string()), n),
         "source_offset": pa.array(offsets, pa.int64()),
-        "ingest_time": pa.array([ctx.ingest_time] * n, schema.TIMESTAMP),
+        "ingest_time": pa.repeat(pa.scalar(ctx.ingest_time, schema.TIMESTAMP), n),
     }
 
 
