@@ -87,12 +87,19 @@ class AccessLogParser:
 
         method, target = _method_and_target(selected)
         target = _normalise_targets(target)
-        method_np = np.asarray(method.fill_null("").to_numpy(zero_copy_only=False))
+        # Method masks stay in Arrow: turning the method column into Python strings would cost
+        # more than the routing itself.
+        method_masks: dict[tuple[str, ...], np.ndarray] = {}
 
         chosen_route = np.full(len(rows), -1, dtype=np.int64)
         pieces: list[_RoutedRows] = []
         for index, route in enumerate(self.routes):
-            candidates = ok & (chosen_route < 0) & np.isin(method_np, route.methods)
+            allowed = method_masks.get(route.methods)
+            if allowed is None:
+                allowed = np.asarray(pc.is_in(method, value_set=pa.array(route.methods))
+                                     .fill_null(False))
+                method_masks[route.methods] = allowed
+            candidates = ok & (chosen_route < 0) & allowed
             if not candidates.any():
                 continue
             cand_idx = np.flatnonzero(candidates)
