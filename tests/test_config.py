@@ -122,7 +122,7 @@ def test_check_config_exit_78(tmp_path):
     assert result.exit_code == 78
     assert result.output == (
         f"Error: invalid configuration: {path}: sources[0].kind: invalid value 'sendmail'; "
-        "expected one of: access_log, postfix\n")
+        "expected one of: access_log, postfix, exim, powermta, kumomta\n")
 
 
 def test_check_config_missing_file(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-
 from clicktrail.agent.checkpoint import CheckpointStore
 from clicktrail.agent.cli import main
 

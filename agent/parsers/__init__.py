@@ -17,4 +17,16 @@ def make_parser(source: Any) -> Parser:
         from .postfix import PostfixParser
 
         return PostfixParser(source)
+    if source.kind == "exim":
+        from .exim import EximParser
+
+        return EximParser(source)
+    if source.kind == "powermta":
+        from .powermta import PowerMtaParser
+
+        return PowerMtaParser(source)
+    if source.kind == "kumomta":
+        from .kumomta import KumoMtaParser
+
+        return KumoMtaParser(source)
     raise ValueError(f"no parser for source kind {source.kind!r}")
