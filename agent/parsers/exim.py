@@ -34,18 +34,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema
-from ..bounce import ADDRESS_RE, classify, compile_extra_rules
-from .base import LineBatch, ParseResult, SourceContext, build_events, build_rejects
+from ..bounce import compile_extra_rules
+from .base import LineBatch, ParseResult, SourceContext, build_rejects
 
 # The Postfix parser's helpers define the shared contract of MTA parsers: how ids are matched
 # and validated, how a recipient is digested, and the event rows the join loop collects.
 from .postfix import (
     LOCAL_PART_PY_RE,
-    LOCAL_PART_RE,
+    QueueJoin,
     _compile_id_pattern,
     _domain_of,
     _EventRows,
-    _match_ids,
     _null_unless_day,
     _recipient_key,
 )
@@ -93,13 +92,16 @@ EVICTION_INTERVAL_S = 3600
 MAX_BOUNCE_CACHE_ENTRIES = 10_000
 
 
-class EximParser:
+class EximParser(QueueJoin):
     """Stateful parser of one Exim main log source.
 
     cfg provides timezone (an IANA name for lines without an offset), message_id_pattern and
     envelope_sender_pattern (regexes with the named groups delivery_id, recipient_id and
     optionally link_id). Optional attributes: bounce_rules, max_queue_age_s, max_queue_entries.
     """
+
+    STATE_NAME = "exim"
+    KEY_NOUN = "message ids"
 
     def __init__(self, cfg: Any) -> None:
         self.timezone = cfg.timezone
@@ -292,79 +294,7 @@ class EximParser:
             return
         rows.add(line, 0, "bounced", entry, exim_id, domain, dsn, smtp_code, text, relay, key)
 
-    def _resolve_ids(self, entry: dict[str, Any]) -> None:
-        ids = _match_ids(self._message_id_re, entry["message_id"])
-        join_key = "message_id"
-        if ids is None:
-            ids = _match_ids(self._sender_re, entry["sender"])
-            join_key = "envelope_sender"
-        entry["ids"] = ids
-        entry["join_key"] = join_key if ids is not None else None
-
-    def _evict(self) -> None:
-        """Drop message ids that no line mentioned for max_queue_age_s, and cap the entry count."""
-        if self._newest_s - self._evicted_at_s >= EVICTION_INTERVAL_S:
-            self._evicted_at_s = self._newest_s
-            cutoff = self._newest_s - self.max_queue_age_s
-            stale = [key for key, entry in self._queue.items() if entry["seen_s"] < cutoff]
-            for key in stale:
-                del self._queue[key]
-            if stale:
-                logger.info("exim state: dropped %d message ids not seen for %d s", len(stale),
-                            self.max_queue_age_s)
-
-        excess = len(self._queue) - self.max_queue_entries
-        if excess > 0:
-            oldest = sorted(self._queue, key=lambda key: self._queue[key]["seen_s"])[:excess]
-            for key in oldest:
-                del self._queue[key]
-            logger.warning("exim state: dropped the %d oldest message ids to stay under %d "
-                           "entries", excess, self.max_queue_entries)
-
-    def _classify(self, status: str, dsn: str | None, smtp_code: int | None,
-                  text: str | None) -> tuple[str | None, str | None]:
-        # Diagnostics differ mostly by the quoted address, which classify() ignores anyway.
-        stripped = ADDRESS_RE.sub("", text) if text else text
-        key = (status, dsn, smtp_code, stripped)
-        result = self._bounce_cache.get(key)
-        if result is None:
-            if len(self._bounce_cache) >= MAX_BOUNCE_CACHE_ENTRIES:
-                self._bounce_cache.clear()
-            result = classify(status, dsn, smtp_code, stripped, self._bounce_rules)
-            self._bounce_cache[key] = result
-        return result
-
     # -- output --------------------------------------------------------------------------------
-
-    def _build_table(self, rows: _EventRows, batch: LineBatch, ctx: SourceContext,
-                     times: pa.Array) -> pa.Table:
-        line_index = np.asarray(rows.line, dtype=np.int64)
-        bounce = [
-            self._classify(status, dsn, code, text)
-            for status, dsn, code, text in zip(rows.event_type, rows.dsn, rows.smtp_code,
-                                                rows.diagnostic, strict=True)
-        ]
-        diagnostic = pa.array(rows.diagnostic, pa.string())
-        columns = {
-            "event_time": times.take(pa.array(line_index, pa.int64())),
-            "event_type": rows.event_type,
-            "delivery_id": rows.delivery_id,
-            "recipient_id": rows.recipient_id,
-            "link_id": rows.link_id,
-            "queue_id": rows.queue_id,
-            "message_id": rows.message_id,
-            "recipient_domain": rows.recipient_domain,
-            "recipient_key": rows.recipient_key,
-            "smtp_code": rows.smtp_code,
-            "dsn": rows.dsn,
-            "bounce_type": [b[0] for b in bounce],
-            "bounce_reason": [b[1] for b in bounce],
-            "diagnostic": pc.replace_substring_regex(diagnostic, LOCAL_PART_RE, "*@"),
-            "relay": rows.relay,
-            "join_key": rows.join_key,
-        }
-        return build_events(columns, ctx, batch.offsets[line_index],
-                            np.asarray(rows.index, dtype=np.int64))
 
 
 class _LineKinds:

@@ -84,7 +84,93 @@ EVICTION_INTERVAL_S = 3600
 MAX_BOUNCE_CACHE_ENTRIES = 10_000
 
 
-class PostfixParser:
+class QueueJoin:
+    """What the stateful MTA parsers share: ids from a message's keys, eviction of stale
+    entries, cached bounce classification and the event table.
+
+    A subclass sets STATE_NAME and KEY_NOUN for its log messages and keeps in self._queue one
+    entry per message, keyed by the MTA's id.
+    """
+
+    STATE_NAME = "postfix"
+    KEY_NOUN = "queue ids"
+
+    def _resolve_ids(self, entry: dict[str, Any]) -> None:
+        ids = _match_ids(self._message_id_re, entry["message_id"])
+        join_key = "message_id"
+        if ids is None:
+            ids = _match_ids(self._sender_re, entry["sender"])
+            join_key = "envelope_sender"
+        entry["ids"] = ids
+        entry["join_key"] = join_key if ids is not None else None
+
+    def _evict(self) -> None:
+        """Drop entries that no line mentioned for max_queue_age_s, and cap the entry count."""
+        if self._newest_s - self._evicted_at_s >= EVICTION_INTERVAL_S:
+            self._evicted_at_s = self._newest_s
+            cutoff = self._newest_s - self.max_queue_age_s
+            stale = [qid for qid, entry in self._queue.items() if entry["seen_s"] < cutoff]
+            for qid in stale:
+                del self._queue[qid]
+            if stale:
+                logger.info("%s state: dropped %d %s not seen for %d s", self.STATE_NAME, len(stale),
+                            self.KEY_NOUN,
+                            self.max_queue_age_s)
+
+        excess = len(self._queue) - self.max_queue_entries
+        if excess > 0:
+            oldest = sorted(self._queue, key=lambda qid: self._queue[qid]["seen_s"])[:excess]
+            for qid in oldest:
+                del self._queue[qid]
+            logger.warning("%s state: dropped the %d oldest %s to stay under %d entries",
+                           self.STATE_NAME, excess, self.KEY_NOUN, self.max_queue_entries)
+
+    def _classify(self, status: str, dsn: str | None, smtp_code: int | None,
+                  text: str | None) -> tuple[str | None, str | None]:
+        # Diagnostics differ mostly by the quoted address, which classify() ignores anyway, so
+        # caching on the text without addresses saves most of the regex work.
+        stripped = ADDRESS_RE.sub("", text) if text else text
+        key = (status, dsn, smtp_code, stripped)
+        result = self._bounce_cache.get(key)
+        if result is None:
+            if len(self._bounce_cache) >= MAX_BOUNCE_CACHE_ENTRIES:
+                self._bounce_cache.clear()
+            result = classify(status, dsn, smtp_code, stripped, self._bounce_rules)
+            self._bounce_cache[key] = result
+        return result
+
+    def _build_table(self, rows: _EventRows, batch: LineBatch, ctx: SourceContext,
+                     times: pa.Array) -> pa.Table:
+        line_index = np.asarray(rows.line, dtype=np.int64)
+        bounce = [
+            self._classify(status, dsn, code, text)
+            for status, dsn, code, text in zip(rows.event_type, rows.dsn, rows.smtp_code,
+                                                rows.diagnostic, strict=True)
+        ]
+        diagnostic = pa.array(rows.diagnostic, pa.string())
+        columns = {
+            "event_time": times.take(pa.array(line_index, pa.int64())),
+            "event_type": rows.event_type,
+            "delivery_id": rows.delivery_id,
+            "recipient_id": rows.recipient_id,
+            "link_id": rows.link_id,
+            "queue_id": rows.queue_id,
+            "message_id": rows.message_id,
+            "recipient_domain": rows.recipient_domain,
+            "recipient_key": rows.recipient_key,
+            "smtp_code": rows.smtp_code,
+            "dsn": rows.dsn,
+            "bounce_type": [b[0] for b in bounce],
+            "bounce_reason": [b[1] for b in bounce],
+            "diagnostic": pc.replace_substring_regex(diagnostic, LOCAL_PART_RE, "*@"),
+            "relay": rows.relay,
+            "join_key": rows.join_key,
+        }
+        return build_events(columns, ctx, batch.offsets[line_index],
+                            np.asarray(rows.index, dtype=np.int64))
+
+
+class PostfixParser(QueueJoin):
     """Stateful parser of one Postfix log source.
 
     cfg provides timezone (an IANA name for timestamps without a zone), message_id_pattern and
@@ -324,80 +410,7 @@ class PostfixParser:
         rows.add(line, 0, "rejected", entry, queue_id, domain, dsn, _smtp_code(reply), reply, None,
                  _recipient_key(kinds.reject_to[pos]))
 
-    def _resolve_ids(self, entry: dict[str, Any]) -> None:
-        ids = _match_ids(self._message_id_re, entry["message_id"])
-        join_key = "message_id"
-        if ids is None:
-            ids = _match_ids(self._sender_re, entry["sender"])
-            join_key = "envelope_sender"
-        entry["ids"] = ids
-        entry["join_key"] = join_key if ids is not None else None
-
-    def _evict(self) -> None:
-        """Drop queue ids that no line mentioned for max_queue_age_s, and cap the entry count."""
-        if self._newest_s - self._evicted_at_s >= EVICTION_INTERVAL_S:
-            self._evicted_at_s = self._newest_s
-            cutoff = self._newest_s - self.max_queue_age_s
-            stale = [qid for qid, entry in self._queue.items() if entry["seen_s"] < cutoff]
-            for qid in stale:
-                del self._queue[qid]
-            if stale:
-                logger.info("postfix state: dropped %d queue ids not seen for %d s", len(stale),
-                            self.max_queue_age_s)
-
-        excess = len(self._queue) - self.max_queue_entries
-        if excess > 0:
-            oldest = sorted(self._queue, key=lambda qid: self._queue[qid]["seen_s"])[:excess]
-            for qid in oldest:
-                del self._queue[qid]
-            logger.warning("postfix state: dropped the %d oldest queue ids to stay under %d "
-                           "entries", excess, self.max_queue_entries)
-
-    def _classify(self, status: str, dsn: str | None, smtp_code: int | None,
-                  text: str | None) -> tuple[str | None, str | None]:
-        # Diagnostics differ mostly by the quoted address, which classify() ignores anyway, so
-        # caching on the text without addresses saves most of the regex work.
-        stripped = ADDRESS_RE.sub("", text) if text else text
-        key = (status, dsn, smtp_code, stripped)
-        result = self._bounce_cache.get(key)
-        if result is None:
-            if len(self._bounce_cache) >= MAX_BOUNCE_CACHE_ENTRIES:
-                self._bounce_cache.clear()
-            result = classify(status, dsn, smtp_code, stripped, self._bounce_rules)
-            self._bounce_cache[key] = result
-        return result
-
     # -- output --------------------------------------------------------------------------------
-
-    def _build_table(self, rows: _EventRows, batch: LineBatch, ctx: SourceContext,
-                     times: pa.Array) -> pa.Table:
-        line_index = np.asarray(rows.line, dtype=np.int64)
-        bounce = [
-            self._classify(status, dsn, code, text)
-            for status, dsn, code, text in zip(rows.event_type, rows.dsn, rows.smtp_code,
-                                                rows.diagnostic, strict=True)
-        ]
-        diagnostic = pa.array(rows.diagnostic, pa.string())
-        columns = {
-            "event_time": times.take(pa.array(line_index, pa.int64())),
-            "event_type": rows.event_type,
-            "delivery_id": rows.delivery_id,
-            "recipient_id": rows.recipient_id,
-            "link_id": rows.link_id,
-            "queue_id": rows.queue_id,
-            "message_id": rows.message_id,
-            "recipient_domain": rows.recipient_domain,
-            "recipient_key": rows.recipient_key,
-            "smtp_code": rows.smtp_code,
-            "dsn": rows.dsn,
-            "bounce_type": [b[0] for b in bounce],
-            "bounce_reason": [b[1] for b in bounce],
-            "diagnostic": pc.replace_substring_regex(diagnostic, LOCAL_PART_RE, "*@"),
-            "relay": rows.relay,
-            "join_key": rows.join_key,
-        }
-        return build_events(columns, ctx, batch.offsets[line_index],
-                            np.asarray(rows.index, dtype=np.int64))
 
 
 class _LineKinds:
