@@ -77,6 +77,9 @@ EVENT_SCHEMA = pa.schema(
         pa.field("bounce_type", pa.string()),
         pa.field("bounce_reason", pa.string()),
         pa.field("diagnostic", pa.string()),
+        # The diagnostic with addresses, ids and numbers masked, so that one cause groups as one
+        # line in reports ("550 5.1.1 <*@*>: user unknown").
+        pa.field("diagnostic_group", pa.string()),
         pa.field("relay", pa.string()),
         pa.field("join_key", pa.string()),
         # provenance
