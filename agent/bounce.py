@@ -190,3 +190,38 @@ def _default_type(status: str, dsn: str | None, smtp_code: int | None) -> str:
     if status in ("deferred", "expired"):
         return "soft"
     return "hard" if _is_permanent(status, dsn, smtp_code) else "soft"
+
+
+# Masks for normalise_diagnostic, applied in order.
+_ADDRESS_MASK = re.compile(r"<?[^\s<>@\"']+@[^\s<>\"',;)]+>?")
+_IP_MASK = re.compile(r"\[?\b(?:\d{1,3}\.){3}\d{1,3}\b\]?|\[?\b[0-9a-fA-F:]*:[0-9a-fA-F:]+\b\]?")
+_CODE = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b|\b[245]\d\d\b")
+_ID_MASK = re.compile(r"\b(?=[0-9A-Za-z_-]*\d)(?=[0-9A-Za-z_-]*[A-Za-z])[0-9A-Za-z_-]{6,}\b")
+_NUMBER_MASK = re.compile(r"\d+")
+MAX_DIAGNOSTIC_GROUP_CHARS = 300
+
+
+def normalise_diagnostic(text: str | None) -> str | None:
+    """Mask what differs between two reports of one cause, so that they group as one.
+
+    Addresses become <*@*>, IP addresses *, ids and tokens with digits (queue ids, session
+    ids) *, other numbers #. Reply codes (550) and enhanced status codes (5.1.1) stay, since
+    they tell causes apart.
+    """
+    if not text:
+        return None
+    masked = _ADDRESS_MASK.sub("<*@*>", text)
+    masked = _IP_MASK.sub("*", masked)
+
+    codes: list[str] = []
+
+    def keep(match: re.Match[str]) -> str:
+        codes.append(match.group(0))
+        return f"\x00{len(codes) - 1}\x00"
+
+    masked = _CODE.sub(keep, masked)
+    masked = _ID_MASK.sub("*", masked)
+    masked = _NUMBER_MASK.sub("#", masked)
+    masked = re.sub("\x00#\x00", lambda _: codes.pop(0), masked)
+    masked = " ".join(masked.split())
+    return masked[:MAX_DIAGNOSTIC_GROUP_CHARS]

@@ -70,6 +70,9 @@ class SourceConfig:
     job_id_pattern: str | None = None
     # kumomta: (id name, meta key) pairs, such as (("delivery_id", "campaign"),).
     meta_ids: tuple[tuple[str, str], ...] = ()
+    # MTA kinds: operator rules (regex on the diagnostic, bounce_type, bounce_reason), checked
+    # before the built-in classification.
+    bounce_rules: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,8 @@ def _source(reader: _Reader, table: dict[str, Any], index: int) -> SourceConfig:
     prefix = f"sources[{index}]"
     reader.only_keys(table, prefix, ("name", "kind", "paths", "exclude", "log_format", "routes",
                                      "route", "timezone", "message_id_pattern",
-                                     "envelope_sender_pattern", "job_id_pattern", "meta_ids"))
+                                     "envelope_sender_pattern", "job_id_pattern", "meta_ids",
+                                     "bounce_rule"))
     name = reader.string(table, prefix, "name", required=True)
     assert name is not None
     if not SAFE_NAME.match(name):
@@ -378,7 +382,32 @@ def _source(reader: _Reader, table: dict[str, Any], index: int) -> SourceConfig:
         envelope_sender_pattern=reader.regex(table, prefix, "envelope_sender_pattern", ids),
         job_id_pattern=job_id_pattern,
         meta_ids=_meta_ids(reader, table, prefix, ids),
+        bounce_rules=_bounce_rules(reader, table, prefix),
     )
+
+
+def _bounce_rules(reader: _Reader, table: dict[str, Any],
+                  prefix: str) -> tuple[tuple[str, str, str], ...]:
+    """Read [[sources.bounce_rule]] tables: pattern, bounce_type, bounce_reason."""
+    from .bounce import compile_extra_rules
+
+    rules = table.get("bounce_rule", [])
+    if not isinstance(rules, list):
+        raise reader.fail(f"{prefix}.bounce_rule", "expected an array of tables "
+                          "([[sources.bounce_rule]])")
+    result = []
+    for position, rule in enumerate(rules):
+        key = f"{prefix}.bounce_rule[{position}]"
+        rule = reader.table(rule, key)
+        reader.only_keys(rule, key, ("pattern", "bounce_type", "bounce_reason"))
+        values = tuple(reader.string(rule, key, name, required=True)
+                       for name in ("pattern", "bounce_type", "bounce_reason"))
+        try:
+            compile_extra_rules([values])
+        except ValueError as exc:
+            raise reader.fail(key, str(exc).replace("bounce rule 0: ", "")) from None
+        result.append(values)
+    return tuple(result)
 
 
 def _meta_ids(reader: _Reader, table: dict[str, Any], prefix: str,

@@ -4,7 +4,7 @@ and on a few typical provider answers."""
 from __future__ import annotations
 
 import pytest
-from clicktrail.agent.bounce import classify, compile_extra_rules
+from clicktrail.agent.bounce import classify, compile_extra_rules, normalise_diagnostic
 from clicktrail.agent.schema import BOUNCE_REASONS, BOUNCE_TYPES
 
 CASES = [
@@ -123,3 +123,22 @@ def test_results_in_closed_sets():
         bounce_type, bounce_reason = classify(*case.values[:4])
         assert bounce_type is None or bounce_type in BOUNCE_TYPES
         assert bounce_reason is None or bounce_reason in BOUNCE_REASONS
+
+
+@pytest.mark.parametrize(
+    ("diagnostic", "group"),
+    [
+        ("host 127.0.0.1[127.0.0.1] said: 550 5.1.1 <unknown.x1@inbox-a.example>: user unknown "
+         "(in reply to RCPT TO command)",
+         "host ** said: 550 5.1.1 <*@*>: user unknown (in reply to RCPT TO command)"),
+        ("connect to 127.0.0.1[127.0.0.1]:2526: Connection refused",
+         "connect to **:#: Connection refused"),
+        ("250 2.0.0 Ok: queued as SINK000313", "250 2.0.0 Ok: queued as *"),
+        ("552 5.3.4 message size 1048577 exceeds limit 1048576",
+         "552 5.3.4 message size # exceeds limit #"),
+        (None, None),
+    ],
+    ids=["user-unknown", "refused", "queue-id", "sizes", "none"],
+)
+def test_normalise_diagnostic(diagnostic, group):
+    assert normalise_diagnostic(diagnostic) == group

@@ -188,3 +188,33 @@ def test_state_dir_that_is_a_file(tmp_path):
 
     assert result.exit_code == 78
     assert "agent.state_dir: invalid value 'state': it is a file" in result.output
+
+
+MTA = """
+[agent]
+state_dir = "state"
+[store]
+url = "file:///srv/clicktrail/store"
+[[sources]]
+name = "mta"
+kind = "postfix"
+paths = ["/var/log/mail.log*"]
+"""
+
+
+def test_bounce_rules_are_read(tmp_path):
+    path = write(tmp_path, MTA + '[[sources.bounce_rule]]\npattern = "over quota"\n'
+                 'bounce_type = "soft"\nbounce_reason = "mailbox_full"\n')
+
+    config = load_config(path)
+
+    assert config.sources[0].bounce_rules == (("over quota", "soft", "mailbox_full"),)
+
+
+def test_bounce_rule_with_unknown_reason(tmp_path):
+    path = write(tmp_path, MTA + '[[sources.bounce_rule]]\npattern = "x"\n'
+                 'bounce_type = "soft"\nbounce_reason = "spam"\n')
+
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.bounce_rule\[0\]: bounce_reason must be "
+                                          r"one of"):
+        load_config(path)

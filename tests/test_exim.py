@@ -121,11 +121,11 @@ def test_real_run_ids_and_join_keys():
     rows = events.to_pylist()
 
     by_recipient = {(e["delivery_id"], e["recipient_id"], e["join_key"]) for e in rows}
+    # Every message has a VERP envelope sender, the preferred key; message a009 was sent without
+    # a Message-ID (Exim added its own), which the VERP sender makes no matter.
     assert by_recipient == {
-        *(("c0ffee", f"a00{n}", "message_id") for n in (1, 2, 3, 4, 5, 6, 7, 8)),
-        # Message a009 was sent without a Message-ID, so Exim added its own.
-        ("c0ffee", "a009", "envelope_sender"),
-        ("beef01", "b001", "message_id"),
+        *(("c0ffee", f"a00{n}", "envelope_sender") for n in range(1, 10)),
+        ("beef01", "b001", "envelope_sender"),
     }
     assert {e["queue_id"] for e in rows if e["recipient_id"] == "a002"} == {"1xZaZY-0004uW-08"}
     assert all("@" not in (e["recipient_domain"] or "") for e in rows)

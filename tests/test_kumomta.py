@@ -57,25 +57,25 @@ def parse_bytes(parser: KumoMtaParser, data: bytes):
 # (recipient, event_type, bounce_type, bounce_reason, delivery_id, recipient_id, join_key), in
 # record order, as the record type, bounce_classification and response of each record mean.
 EXPECTED = [
-    ("ok.anna@inbox-a.example", "sent", None, None, "c0ffee", "a001", "message_id"),
+    ("ok.anna@inbox-a.example", "sent", None, None, "c0ffee", "a001", "envelope_sender"),
     ("unknown.bob@inbox-a.example", "bounced", "hard", "user_unknown", "c0ffee", "a002",
-     "message_id"),
+     "envelope_sender"),
     ("full.carl@inbox-b.example", "deferred", "soft", "mailbox_full", "c0ffee", "a003",
-     "message_id"),
+     "envelope_sender"),
     ("greylist.fay@inbox-b.example", "deferred", "ignored", "refused", "c0ffee", "a006",
-     "message_id"),
+     "envelope_sender"),
     # An Expiration record gives only KumoMTA's own 5.4.7 reply, not the last deferral's.
     ("full.carl@inbox-b.example", "expired", "soft", "unreachable", "c0ffee", "a003",
-     "message_id"),
+     "envelope_sender"),
     ("blocked.dora@inbox-b.example", "bounced", "hard", "refused", "c0ffee", "a004",
-     "message_id"),
+     "envelope_sender"),
     ("disabled.emil@inbox-a.example", "bounced", "hard", "refused", "c0ffee", "a005",
-     "message_id"),
+     "envelope_sender"),
     ("ok.ida@inbox-c.example", "bounced", "hard", "user_unknown", "c0ffee", "a008",
      "envelope_sender"),
     ("ok.hal@inbox-c.example", "sent", None, None, "beef01", "b002", "meta"),
     ("ok.jan@inbox-c.example", "sent", None, None, "beef01", "b002", "meta"),
-    ("ok.anna@inbox-a.example", "complaint", None, None, "c0ffee", "a001", "message_id"),
+    ("ok.anna@inbox-a.example", "complaint", None, None, "c0ffee", "a001", "envelope_sender"),
 ]
 
 

@@ -150,7 +150,7 @@ def test_run_a_columns_of_one_bounce():
     assert bounce["diagnostic"] == 'unknown user: "nosuchuser.bb08d0"'
     assert bounce["bounce_type"] == "hard"
     assert bounce["bounce_reason"] == "user_unknown"
-    assert bounce["join_key"] == "message_id"
+    assert bounce["join_key"] == "envelope_sender"
 
 
 def test_noqueue_reject_joined_by_sender():

@@ -56,27 +56,27 @@ def parse_text(parser: PowerMtaParser, text: str):
 # (recipient, event_type, bounce_type, bounce_reason, delivery_id, recipient_id, join_key), in
 # file order, as the record type, bounceCat and dsnDiag of each row mean.
 EXPECTED = [
-    ("ok.anna@inbox-a.example", "sent", None, None, "c0ffee", "a001", "message_id"),
+    ("ok.anna@inbox-a.example", "sent", None, None, "c0ffee", "a001", "envelope_sender"),
     ("unknown.bob@inbox-a.example", "bounced", "hard", "user_unknown", "c0ffee", "a002",
-     "message_id"),
+     "envelope_sender"),
     ("full.carl@inbox-b.example", "deferred", "soft", "mailbox_full", "c0ffee", "a003",
-     "message_id"),
+     "envelope_sender"),
     ("greylist.fay@inbox-b.example", "deferred", "ignored", "refused", "c0ffee", "a006",
-     "message_id"),
+     "envelope_sender"),
     ("blocked.dora@inbox-b.example", "bounced", "hard", "refused", "c0ffee", "a004",
-     "message_id"),
+     "envelope_sender"),
     ("full.carl@inbox-b.example", "expired", "soft", "mailbox_full", "c0ffee", "a003",
-     "message_id"),
+     "envelope_sender"),
     ("ok.hal@inbox-c.example", "sent", None, None, "c0ffee", "a008", "envelope_sender"),
     ("disabled.emil@inbox-a.example", "bounced", "hard", "account_disabled", "c0ffee", "a005",
-     "message_id"),
-    ("gus@dead.example", "bounced", "hard", "unreachable", "c0ffee", "a007", "message_id"),
+     "envelope_sender"),
+    ("gus@dead.example", "bounced", "hard", "unreachable", "c0ffee", "a007", "envelope_sender"),
     ("ok.anna@inbox-a.example", "complaint", None, None, "c0ffee", None, "header"),
     ("ok.ida@inbox-c.example", "bounced", "hard", "user_unknown", "c0ffee", "a008",
      "envelope_sender"),
     ("ok.kim@inbox-a.example", "deferred", "soft", "mailbox_full", "c0ffee", "a009",
      "envelope_sender"),
-    ("ok.lea@inbox-d.example", "sent", None, None, "beef01", "b001", "message_id"),
+    ("ok.lea@inbox-d.example", "sent", None, None, "beef01", "b001", "envelope_sender"),
 ]
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..bounce import classify, compile_extra_rules
+from ..bounce import classify, compile_extra_rules, normalise_diagnostic
 from ..routes import VALID_ID
 from .base import LineBatch, ParseResult, SourceContext, build_events, build_rejects
 
@@ -179,12 +179,13 @@ class KumoMtaParser:
 
     def _ids(self, message_id: str | None, sender: str | None,
              meta: dict[str, Any]) -> tuple[list[str | None] | None, str | None]:
-        ids = _match_ids(self._message_id_re, message_id)
-        if ids is not None:
-            return ids, "message_id"
+        # Preference: a VERP envelope sender, the Message-ID, then the mailer's meta.
         ids = _match_ids(self._sender_re, sender)
         if ids is not None:
             return ids, "envelope_sender"
+        ids = _match_ids(self._message_id_re, message_id)
+        if ids is not None:
+            return ids, "message_id"
         ids = self._meta_id_values(meta)
         return (ids, "meta") if ids is not None else (None, None)
 
@@ -233,6 +234,7 @@ class KumoMtaParser:
             "bounce_reason": [b[1] for b in bounce],
             "diagnostic": [LOCAL_PART_PY_RE.sub("*@", row["diagnostic"]) if row["diagnostic"]
                            else None for row in rows],
+            "diagnostic_group": [normalise_diagnostic(row["diagnostic"]) for row in rows],
             "relay": [row["relay"] for row in rows],
             "join_key": [row["join_key"] for row in rows],
         }

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema
-from ..bounce import ADDRESS_RE, classify, compile_extra_rules
+from ..bounce import ADDRESS_RE, classify, compile_extra_rules, normalise_diagnostic
 from ..routes import VALID_ID
 from .base import LineBatch, ParseResult, SourceContext, build_events, build_rejects
 
@@ -96,11 +96,13 @@ class QueueJoin:
     KEY_NOUN = "queue ids"
 
     def _resolve_ids(self, entry: dict[str, Any]) -> None:
-        ids = _match_ids(self._message_id_re, entry["message_id"])
-        join_key = "message_id"
+        # A VERP envelope sender is the best key: it also reaches asynchronous bounces, which
+        # carry the sender but not the Message-ID. The Message-ID comes next.
+        ids = _match_ids(self._sender_re, entry["sender"])
+        join_key = "envelope_sender"
         if ids is None:
-            ids = _match_ids(self._sender_re, entry["sender"])
-            join_key = "envelope_sender"
+            ids = _match_ids(self._message_id_re, entry["message_id"])
+            join_key = "message_id"
         entry["ids"] = ids
         entry["join_key"] = join_key if ids is not None else None
 
@@ -163,6 +165,7 @@ class QueueJoin:
             "bounce_type": [b[0] for b in bounce],
             "bounce_reason": [b[1] for b in bounce],
             "diagnostic": pc.replace_substring_regex(diagnostic, LOCAL_PART_RE, "*@"),
+            "diagnostic_group": [normalise_diagnostic(text) for text in rows.diagnostic],
             "relay": rows.relay,
             "join_key": rows.join_key,
         }

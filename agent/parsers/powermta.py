@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from ..bounce import classify, compile_extra_rules
+from ..bounce import classify, compile_extra_rules, normalise_diagnostic
 from .base import LineBatch, ParseResult, SourceContext, build_events, build_rejects
 
 # The Postfix parser's helpers define the shared contract of MTA parsers: how ids are matched
@@ -179,8 +179,9 @@ class PowerMtaParser:
 
     def _ids(self, message_id: str | None, sender: str | None,
              job_id: str | None) -> tuple[list[str | None] | None, str | None]:
-        for regex, value, join_key in ((self._message_id_re, message_id, "message_id"),
-                                       (self._sender_re, sender, "envelope_sender"),
+        # Preference: a VERP envelope sender, the Message-ID, then the X-Job header (jobId).
+        for regex, value, join_key in ((self._sender_re, sender, "envelope_sender"),
+                                       (self._message_id_re, message_id, "message_id"),
                                        (self._job_id_re, job_id, "header")):
             ids = _match_ids(regex, value)
             if ids is not None:
@@ -237,6 +238,7 @@ class PowerMtaParser:
             "bounce_reason": [b[1] for b in bounce],
             "diagnostic": [LOCAL_PART_PY_RE.sub("*@", row["diagnostic"]) if row["diagnostic"]
                            else None for row in rows],
+            "diagnostic_group": [normalise_diagnostic(row["diagnostic"]) for row in rows],
             "relay": [row["relay"] for row in rows],
             "join_key": [row["join_key"] for row in rows],
         }
