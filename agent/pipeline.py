@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -126,6 +125,8 @@ class SourceTail:
         self.oldest_unflushed: float | None = None
         self.last_scan: list[tuple[tailer.FileState, tailer.Generation]] = []
         self.stat_cache: dict[str, tuple[tuple[int, int, int, int], tailer.FileState]] = {}
+        # generation -> size of a zstd segment when it was last read to its end
+        self.read_sizes: dict[str, int] = {}
 
     @property
     def pending_bytes(self) -> int:
@@ -288,6 +289,8 @@ class SourceTail:
 
     def _read_compressed(self, state: tailer.FileState, generation: tailer.Generation,
                          result: PassResult) -> bool:
+        if self.read_sizes.get(generation.generation) == state.size:
+            return False  # a zstd segment read to its end that has not grown since
         buffer = b""
         buffer_offset = generation.offset
         try:
@@ -304,7 +307,7 @@ class SourceTail:
         except tailer.FileChanged as exc:
             log.debug("source %s: %s", self.source.name, exc)
             return False
-        except (EOFError, zlib.error) as exc:
+        except tailer.DECOMPRESSION_ERRORS as exc:
             # Still being written by gzip, or damaged: read again at the next scan.
             log.info("source %s: %s ends early (%s); will read it again", self.source.name,
                      state.path, exc)
@@ -314,8 +317,13 @@ class SourceTail:
             generation.complete = True
             return False
 
+        if state.compression == "zstd":
+            # KumoMTA appends frames to its current segment, so a zstd file read to its end may
+            # still grow: it is read again when its size changes, and never marked complete.
+            self.read_sizes[generation.generation] = state.size
+            return False
         if buffer and generation.generation not in self.skipping:
-            # A compressed copy is finished: its last line will never get its newline.
+            # A gzip copy is finished: its last line will never get its newline.
             self._consume(generation, buffer + b"\n", result, buffer_offset)
         if generation.generation not in self.skipping:
             generation.complete = True

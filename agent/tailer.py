@@ -32,13 +32,20 @@ from dataclasses import dataclass
 from fnmatch import fnmatch
 from typing import BinaryIO
 
+import zstandard
+
 from .logutil import RateLimitedLogger
 
 log = logging.getLogger(__name__)
 # A file that cannot be read fails again at every scan; say so once a minute, with a count.
 warnings = RateLimitedLogger(log, interval_s=60.0)
 
-COMPRESSED_SUFFIXES = (".gz",)
+COMPRESSED_SUFFIXES = (".gz", ".zst")
+# Frame magic numbers: gzip (RFC 1952) and zstd (RFC 8878). KumoMTA names its zstd log segments
+# without a suffix, so a file without one is recognised by its first bytes.
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# What a truncated or damaged compressed file raises while it is read.
+DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, zstandard.ZstdError)
 _NUMBERED = re.compile(r"\.(\d{1,4})$")
 _DATED = re.compile(r"[-._](\d{8}(?:[-_]?\d{2,6})?)$")
 # Decompressed bytes read from one rotated file before it is given up as a gzip bomb.
@@ -60,6 +67,7 @@ class FileState:
     compressed: bool
     head: bytes
     base_generation: str
+    compression: str | None = None
 
 
 @dataclass
@@ -109,14 +117,15 @@ def rotation_key(path: str) -> tuple[str, int, str, str]:
 
 def stat_file(path: str, source: str, fingerprint_bytes: int, max_line_bytes: int) -> FileState | None:
     """Stat a file and read its head; None while it has no complete first line or is gone."""
-    compressed = path.endswith(COMPRESSED_SUFFIXES)
     try:
         stat = os.stat(path)
-        with open_log(path) as f:
-            head = f.read(max(fingerprint_bytes, max_line_bytes) + 1)
+        compression = detect_compression(path)
+        with open(path, "rb") as raw:
+            reader = _decompressing(raw, compression) if compression else raw
+            head = reader.read(max(fingerprint_bytes, max_line_bytes) + 1)
     except FileNotFoundError:
         return None
-    except (OSError, EOFError, zlib.error) as exc:
+    except (OSError, *DECOMPRESSION_ERRORS) as exc:
         warnings.warning((source, path, type(exc).__name__), "source %s: cannot read %s: %s",
                          source, path, exc)
         return None
@@ -128,7 +137,8 @@ def stat_file(path: str, source: str, fingerprint_bytes: int, max_line_bytes: in
     base = hashlib.blake2b(source.encode() + b"\x00" + first_line[:fingerprint_bytes],
                            digest_size=8).hexdigest()
     return FileState(path=path, device=stat.st_dev, inode=stat.st_ino, size=stat.st_size,
-                     compressed=compressed, head=head[:fingerprint_bytes], base_generation=base)
+                     compressed=compression is not None, head=head[:fingerprint_bytes],
+                     base_generation=base, compression=compression)
 
 
 def heads_compatible(a: bytes, b: bytes) -> bool:
@@ -168,16 +178,28 @@ def resolve(state: FileState, known: dict[str, Generation]) -> Generation | None
                       offset=0)
 
 
-def open_log(path: str) -> BinaryIO:
+def detect_compression(path: str) -> str | None:
+    """Return "gzip", "zstd" or None, from the suffix or, without one, the first bytes."""
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
+        return "gzip"
+    if path.endswith(".zst"):
+        return "zstd"
+    with open(path, "rb") as f:
+        return "zstd" if f.read(4) == ZSTD_MAGIC else None
+
+
+def _decompressing(raw: BinaryIO, compression: str) -> BinaryIO:
+    if compression == "zstd":
+        # A segment may hold several frames; a stream reader stops after the first otherwise.
+        return zstandard.ZstdDecompressor().stream_reader(  # type: ignore[return-value]
+            raw, read_across_frames=True, closefd=False)
+    return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
 
 
 def read_compressed(state: FileState, offset: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """Yield (offset, data) from a gzip file, decompressing from its start.
+    """Yield (offset, data) from a gzip or zstd file, decompressing from its start.
 
-    A gzip stream cannot seek, so the first `offset` bytes are decompressed and skipped. A file
+    A compressed stream cannot seek, so the first `offset` bytes are decompressed and skipped. A file
     still being compressed ends early; what was read so far is yielded and EOFError is raised.
     The file is read only if it is still the one stat_file saw: rotation renames compressed
     copies, and the same name may now hold another generation. FileChanged says it does not.
@@ -190,11 +212,12 @@ def read_compressed(state: FileState, offset: int, chunk_bytes: int) -> Iterator
         stat = os.fstat(raw.fileno())
         if (stat.st_dev, stat.st_ino) != (state.device, state.inode):
             raise FileChanged(f"{state.path} now contains another file")
-        yield from _decompress(raw, state.path, offset, chunk_bytes)
+        yield from _decompress(raw, state.compression or "gzip", state.path, offset, chunk_bytes)
 
 
-def _decompress(raw: BinaryIO, path: str, offset: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+def _decompress(raw: BinaryIO, compression: str, path: str, offset: int,
+                chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    with _decompressing(raw, compression) as f:
         position = 0
         while position < offset:
             skipped = f.read(min(offset - position, chunk_bytes))

@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow.dataset as ds
 import pytest
 import zstandard
+from click.testing import CliRunner
 from clicktrail.agent import schema
+from clicktrail.agent.cli import main
 from clicktrail.agent.config import ConfigError, load_config
 from clicktrail.agent.lines import split_lines
 from clicktrail.agent.parsers import make_parser
@@ -26,6 +29,8 @@ from clicktrail.agent.parsers.base import SourceContext
 from clicktrail.agent.parsers.kumomta import KumoMtaParser, decompress_segment
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from . import numbered
 
 CASES = Path(__file__).parent / "cases" / "kumomta"
 RECORDS = (CASES / "records.jsonl").read_text()
@@ -281,3 +286,32 @@ def test_any_input_never_raises(lines):
 
     assert result.events.schema == schema.EVENT_SCHEMA
     assert result.rejects.num_rows <= len(lines)
+
+
+def test_agent_reads_zstd_segments_without_suffix(tmp_path):
+    """The agent reads KumoMTA's zstd segments, several frames each, recognised by their magic."""
+    lines = (CASES / "records.jsonl").read_bytes().splitlines(keepends=True)
+    half = len(lines) // 2
+    compressor = zstandard.ZstdCompressor()
+    segment = tmp_path / "logs" / "20261204-192300"
+    numbered.write_config(tmp_path)
+    segment.write_bytes(compressor.compress(b"".join(lines[:half]))
+                        + compressor.compress(b"".join(lines[half:])))
+    config = tmp_path / "clicktrail.toml"
+    text = config.read_text().replace('kind = "access_log"', 'kind = "kumomta"')
+    text = text.replace(f'paths = ["{tmp_path / "logs" / "t.log*"}"]',
+                        f'paths = ["{tmp_path / "logs" / "2026*"}"]')
+    text = text.replace('routes = "generic"', "envelope_sender_pattern = "
+                        "'^bounce-(?P<delivery_id>[0-9a-f]+)-(?P<recipient_id>[0-9a-f]+)@'")
+    config.write_text(text)
+
+    runner = CliRunner()
+    first = runner.invoke(main, ["once", "--config", str(config)])
+    second = runner.invoke(main, ["once", "--config", str(config)])
+
+    expected = parse_bytes(KumoMtaParser(KumoConfig(meta_ids=())), b"".join(lines)).events
+    stored = ds.dataset(tmp_path / "store" / "events", format="parquet",
+                        partitioning="hive").to_table()
+    assert first.exit_code == 0, first.output
+    assert "0 event(s)" in second.output
+    assert stored.num_rows == expected.num_rows > 0
