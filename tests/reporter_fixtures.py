@@ -50,10 +50,17 @@ def event_row(**values: Any) -> dict[str, Any]:
     return row
 
 
-def write_events(store: Path, rows: list[dict[str, Any]],
-                 file_stem: str = "mx1-tracking-0") -> list[Path]:
-    """Write event rows (built with event_row) as one Parquet file per UTC day partition."""
-    return _write_partitioned(store, schema.EVENTS_DIR, schema.EVENT_SCHEMA, rows,
+def write_events(store: Path, rows: list[dict[str, Any]], file_stem: str = "mx1-tracking-0",
+                 omit_columns: tuple[str, ...] = ()) -> list[Path]:
+    """Write event rows (built with event_row) as one Parquet file per UTC day partition.
+
+    omit_columns leaves columns out of the files, as an agent older than those columns did.
+    """
+    table_schema = schema.EVENT_SCHEMA
+    for name in omit_columns:
+        table_schema = table_schema.remove(table_schema.get_field_index(name))
+    rows = [{k: v for k, v in row.items() if k not in omit_columns} for row in rows]
+    return _write_partitioned(store, schema.EVENTS_DIR, table_schema, rows,
                               "event_time", file_stem)
 
 
@@ -153,24 +160,39 @@ def _write_newsletter(store: Path) -> None:
         return event_row(event_type=event_type, event_time=time, delivery_id="d1",
                          recipient_id=recipient, **extra)
 
+    greylisted = {"bounce_type": "soft", "bounce_reason": "refused",
+                  "diagnostic_group": "451 4.7.1 <*@*>: greylisted, try again later"}
     mta_rows = [
-        mta("r1", "sent", "2026-12-02T08:01:00Z"),
-        mta("r2", "sent", "2026-12-02T08:01:00Z"),
-        mta("r3", "sent", "2026-12-02T08:01:00Z"),
-        mta("r4", "sent", "2026-12-02T08:01:00Z"),
-        mta("r5", "bounced", "2026-12-02T08:01:00Z", bounce_type="hard",
-            bounce_reason="user_unknown"),
-        mta("r6", "deferred", "2026-12-02T08:01:00Z"),
-        mta("r6", "bounced", "2026-12-02T12:00:00Z", bounce_type="soft",
-            bounce_reason="mailbox_full"),
-        mta("r7", "deferred", "2026-12-02T08:01:00Z"),
-        mta("r7", "expired", "2026-12-03T08:01:00Z"),
-        mta("r8", "deferred", "2026-12-02T08:01:00Z"),
-        mta("r8", "deferred", "2026-12-03T08:01:00Z"),
+        mta("r1", "sent", "2026-12-02T08:01:00Z", recipient_domain="example.com"),
+        mta("r2", "sent", "2026-12-02T08:01:00Z", recipient_domain="example.com"),
+        mta("r3", "sent", "2026-12-02T08:01:00Z", recipient_domain="example.org"),
+        mta("r4", "sent", "2026-12-02T08:01:00Z", recipient_domain="example.org"),
+        mta("r5", "bounced", "2026-12-02T08:01:00Z", recipient_domain="example.com",
+            bounce_type="hard", bounce_reason="user_unknown",
+            diagnostic="550 5.1.1 <*@example.com>: Recipient address rejected: user unknown",
+            diagnostic_group="550 5.1.1 <*@*>: user unknown"),
+        mta("r6", "deferred", "2026-12-02T08:01:00Z", recipient_domain="example.org",
+            **greylisted),
+        mta("r6", "bounced", "2026-12-02T12:00:00Z", recipient_domain="example.org",
+            bounce_type="soft", bounce_reason="mailbox_full",
+            diagnostic_group="552 5.2.2 <*@*>: mailbox full"),
+        mta("r7", "deferred", "2026-12-02T08:01:00Z", recipient_domain="example.net",
+            **greylisted),
+        # An expiry without diagnostic_group, as stored before that column existed.
+        mta("r7", "expired", "2026-12-03T08:01:00Z", recipient_domain="example.net",
+            diagnostic="delivery temporarily suspended: connect to mx.example.net"),
+        mta("r8", "deferred", "2026-12-02T08:01:00Z", recipient_domain="example.net",
+            bounce_type="soft", bounce_reason="unreachable",
+            diagnostic_group="connect to mx.example.net[*]:*: Connection timed out"),
+        mta("r8", "deferred", "2026-12-03T08:01:00Z", recipient_domain="example.net",
+            bounce_type="soft", bounce_reason="unreachable",
+            diagnostic_group="connect to mx.example.net[*]:*: Connection timed out"),
+        # Rejected by our MTA before the recipient address was parsed, so without a domain.
         mta("r9", "rejected", "2026-12-02T08:00:30Z"),
-        mta("r10", "deferred", "2026-12-02T08:01:00Z"),
-        mta("r10", "sent", "2026-12-02T08:30:00Z"),
-        mta("r11", "sent", "2026-12-02T08:01:00Z"),
+        mta("r10", "deferred", "2026-12-02T08:01:00Z", recipient_domain="example.net",
+            **greylisted),
+        mta("r10", "sent", "2026-12-02T08:30:00Z", recipient_domain="example.net"),
+        mta("r11", "sent", "2026-12-02T08:01:00Z", recipient_domain="example.com"),
     ]
     tracking_rows = [
         hit("r1", "open", "2026-12-02T09:10:00Z"),
@@ -215,6 +237,73 @@ def _write_tracking_only_delivery(store: Path) -> None:
                   delivery_id=UNSAFE_DELIVERY_ID, recipient_id="rz", http_method="GET"),
     ]
     write_events(store, rows, file_stem="mx2-tracking-0")
+
+
+# Delivery "dd" of the domain store: processed message recipients per domain. big.example also
+# receives the seed list's message, and x.example and y.example receive only that message.
+DOMAIN_SIZES = {"big.example": 6, "mid.example": 4,
+                **{f"{letter}.example": 2 for letter in "cdefghijkl"}}
+SEED_DOMAINS = ("big.example", "x.example", "y.example")
+
+
+def build_domain_store(store: Path) -> None:
+    """Write delivery "dd": 14 recipient domains, a seed list and more than 10 diagnostics."""
+    def mta(recipient: str, event_type: str, domain: str, **extra: Any) -> dict[str, Any]:
+        return event_row(event_type=event_type, event_time="2026-12-02T08:01:00Z",
+                         delivery_id="dd", recipient_id=recipient, recipient_domain=domain,
+                         **extra)
+
+    def hit(recipient: str, event_type: str, **extra: Any) -> dict[str, Any]:
+        return event_row(event_type=event_type, event_time="2026-12-02T10:00:00Z",
+                         delivery_id="dd", recipient_id=recipient, http_method="GET", **extra)
+
+    greylisted = {"bounce_type": "soft", "bounce_reason": "refused",
+                  "diagnostic_group": "451 4.7.1 <*@*>: greylisted, try again later"}
+    # Every recipient is sent the message, except one hard bounce and one expiry.
+    failures = {
+        "big.example-6": ("bounced", {"bounce_type": "hard", "bounce_reason": "user_unknown",
+                                      "diagnostic_group": "550 5.1.1 <*@*>: user unknown"}),
+        "mid.example-4": ("expired", {"diagnostic_group": "delivery temporarily suspended: "
+                                                          "connection timed out"}),
+    }
+    rows = []
+    for domain, size in DOMAIN_SIZES.items():
+        for number in range(1, size + 1):
+            recipient = f"{domain}-{number}"
+            event_type, extra = failures.get(recipient, ("sent", {}))
+            rows.append(mta(recipient, event_type, domain, **extra))
+
+    # Four greylisted recipients, big.example-1 twice, and one throttling diagnostic per
+    # small domain.
+    rows += [mta(f"big.example-{n}", "deferred", "big.example", **greylisted)
+             for n in (1, 1, 2, 3, 4)]
+    rows += [mta(f"{letter}.example-1", "deferred", f"{letter}.example", bounce_type="soft",
+                 bounce_reason="refused",
+                 diagnostic_group=f"421 4.7.0 {letter}.example: too many connections")
+             for letter in "cdefghijkl"]
+
+    # One seed list message: three addresses, one recipient id.
+    rows += [mta("seed", "sent", domain, queue_id="QSEED", recipient_key=f"key-{domain}")
+             for domain in SEED_DOMAINS]
+    write_events(store, rows, file_stem="mx1-mta-0")
+
+    # Deferrals stored by an agent older than diagnostic_group: the raw diagnostic groups them.
+    timed_out = "connect to mx.mid.example[192.0.2.4]:25: Connection timed out"
+    old_rows = [mta(f"mid.example-{n}", "deferred", "mid.example", bounce_type="soft",
+                    bounce_reason="unreachable", diagnostic=timed_out) for n in (3, 4)]
+    write_events(store, old_rows, file_stem="mx0-mta-0", omit_columns=("diagnostic_group",))
+
+    write_events(store, [
+        hit("big.example-1", "open"),
+        hit("big.example-2", "click", link_id="L1"),
+        hit("seed", "open"),
+        hit("seed", "open"),
+        hit("seed", "click", link_id="L1"),
+        hit("k.example-1", "open"),
+        # A recipient id with no MTA event, such as a message sent through another MTA.
+        hit("ghost", "open"),
+        hit("ghost", "click", link_id="L1"),
+    ], file_stem="mx1-tracking-0")
 
 
 def _write_other_events(store: Path) -> None:

@@ -16,6 +16,7 @@ from tests.reporter_fixtures import (
     HOSTILE_URL,
     SAMPLE_TIMEZONE,
     UNSAFE_DELIVERY_ID,
+    build_domain_store,
     build_sample_store,
 )
 
@@ -24,6 +25,17 @@ from tests.reporter_fixtures import (
 def computed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     store_dir = tmp_path_factory.mktemp("store")
     build_sample_store(store_dir)
+    return compute_store(store_dir)
+
+
+@pytest.fixture(scope="module")
+def domain_figures(tmp_path_factory: pytest.TempPathFactory) -> m.DeliveryMetrics:
+    store_dir = tmp_path_factory.mktemp("domain-store")
+    build_domain_store(store_dir)
+    return compute_store(store_dir)["figures"]["dd"]
+
+
+def compute_store(store_dir: Path) -> dict:
     store = open_store(store_dir.as_uri())
     period = make_period(date(2026, 12, 3), SAMPLE_TIMEZONE, 30)
 
@@ -122,6 +134,90 @@ def test_newsletter_bounces_by_reason(computed: dict) -> None:
         ("hard", "user_unknown", 1),
         ("soft", "expired", 1),
         ("soft", "mailbox_full", 1),
+    ]
+
+
+# (kind, domain, domains, processed, delivered, bounces, bounce rate, opens including clicks,
+# unique clickers)
+NEWSLETTER_DOMAINS = [
+    ("domain", "example.com", 1, 4, 3, 1, "25.0 %", 2, 2),
+    ("domain", "example.net", 1, 3, 1, 1, "33.3 %", 1, 0),
+    ("domain", "example.org", 1, 3, 2, 1, "33.3 %", 2, 1),
+    ("unknown", None, 0, 1, 0, 0, "0.0 %", 0, 0),
+]
+
+
+def domain_table(rows: list[m.DomainRow]) -> list[tuple]:
+    return [(r.kind, r.domain, r.domains, r.processed, r.delivered, r.bounces,
+             r.bounce_rate.percent(), r.opens_including_clicks, r.unique_clickers) for r in rows]
+
+
+def test_newsletter_by_domain(computed: dict) -> None:
+    # r9 was rejected before its address was parsed, so its domain is unknown.
+    assert domain_table(computed["figures"]["d1"].domains) == NEWSLETTER_DOMAINS
+
+
+def test_domain_rows_add_up_to_delivery(computed: dict) -> None:
+    d1 = computed["figures"]["d1"]
+
+    assert sum(row.processed for row in d1.domains) == d1.processed
+    assert sum(row.delivered for row in d1.domains) == d1.delivered
+    assert sum(row.bounces for row in d1.domains) == d1.hard_bounces + d1.soft_bounces
+    assert sum(row.opens_including_clicks for row in d1.domains) == d1.opens_including_clicks
+    assert sum(row.unique_clickers for row in d1.domains) == d1.unique_clickers
+
+
+def test_newsletter_diagnostics(computed: dict) -> None:
+    rows = [(d.event_type, d.bounce_type, d.bounce_reason, d.diagnostic, d.recipients)
+            for d in computed["figures"]["d1"].diagnostics]
+    assert rows == [
+        ("deferred", "soft", "refused", "451 4.7.1 <*@*>: greylisted, try again later", 3),
+        ("bounced", "hard", "user_unknown", "550 5.1.1 <*@*>: user unknown", 1),
+        ("bounced", "soft", "mailbox_full", "552 5.2.2 <*@*>: mailbox full", 1),
+        ("deferred", "soft", "unreachable",
+         "connect to mx.example.net[*]:*: Connection timed out", 1),
+        # No diagnostic_group: the raw diagnostic stands in.
+        ("expired", "soft", "expired",
+         "delivery temporarily suspended: connect to mx.example.net", 1),
+    ]
+
+
+# Top 10 domains by processed, ties by name; k, l, x and y form "others". The seed list's
+# recipient id has addresses at big, x and y: it counts once under big.example and once under
+# "others", although two of its addresses are there. "ghost" has no MTA event.
+LONG_TAIL_DOMAINS = [
+    ("domain", "big.example", 1, 7, 6, 1, "14.3 %", 3, 2),
+    ("domain", "mid.example", 1, 4, 3, 1, "25.0 %", 0, 0),
+    *[("domain", f"{letter}.example", 1, 2, 2, 0, "0.0 %", 0, 0) for letter in "cdefghij"],
+    ("others", None, 4, 6, 6, 0, "0.0 %", 2, 1),
+    ("unknown", None, 0, 0, 0, 0, "n/a", 1, 1),
+]
+
+
+def test_long_tail_by_domain(domain_figures: m.DeliveryMetrics) -> None:
+    assert domain_table(domain_figures.domains) == LONG_TAIL_DOMAINS
+
+
+def test_seed_list_counted_once_per_domain_row(domain_figures: m.DeliveryMetrics) -> None:
+    # Delivery-wide, seed counts once; the rows count it under big.example and "others".
+    assert domain_figures.opens_including_clicks == 5
+    assert sum(row.opens_including_clicks for row in domain_figures.domains) == 6
+    assert sum(row.unique_clickers for row in domain_figures.domains) == 4
+    assert domain_figures.processed == sum(row.processed for row in domain_figures.domains)
+
+
+def test_top_diagnostics_cut_at_ten(domain_figures: m.DeliveryMetrics) -> None:
+    rows = [(d.event_type, d.bounce_type, d.bounce_reason, d.diagnostic, d.recipients)
+            for d in domain_figures.diagnostics]
+    assert rows == [
+        # big.example-1 was deferred twice and counts once.
+        ("deferred", "soft", "refused", "451 4.7.1 <*@*>: greylisted, try again later", 4),
+        # Files written without the diagnostic_group column group on the raw diagnostic.
+        ("deferred", "soft", "unreachable",
+         "connect to mx.mid.example[192.0.2.4]:25: Connection timed out", 2),
+        ("bounced", "hard", "user_unknown", "550 5.1.1 <*@*>: user unknown", 1),
+        *[("deferred", "soft", "refused", f"421 4.7.0 {letter}.example: too many connections", 1)
+          for letter in "cdefghi"],
     ]
 
 

@@ -138,6 +138,67 @@ def test_pdf_text(published) -> None:
         assert expected in text, expected
 
 
+def test_delivery_html_domain_table(published) -> None:
+    html = (published.report_dir / "delivery-d1.html").read_text(encoding="utf-8")
+    rows = re.sub(r">\s+<", "><", html)
+
+    assert "<h3>By recipient domain</h3>" in html
+    assert ('<td class="text">example.com</td><td class="num">4</td><td class="num">3</td>'
+            '<td class="num">1</td><td class="num">25.0 %</td><td class="num">2</td>'
+            '<td class="num">2</td>') in rows
+    assert '<td class="text">unknown</td><td class="num">1</td>' in rows
+
+
+def test_delivery_html_diagnostics_table(published) -> None:
+    html = (published.report_dir / "delivery-d1.html").read_text(encoding="utf-8")
+    rows = re.sub(r">\s+<", "><", html)
+
+    assert "<h3>Top diagnostics</h3>" in html
+    assert ("<td>deferred</td><td>soft</td><td>refused</td>"
+            '<td class="text mono">451 4.7.1 &lt;*@*&gt;: greylisted, try again later</td>'
+            '<td class="num">3</td>') in rows
+    assert "delivery temporarily suspended: connect to mx.example.net" in html
+
+
+def test_pdf_text_domain_and_diagnostic_rows(published) -> None:
+    text = pdf_text(published.report_dir / "delivery-d1.pdf")
+
+    for expected in ("By recipient domain", "example.com 4 3 1 25.0 % 2 2",
+                     "example.net 3 1 1 33.3 % 1 0", "unknown 1 0 0 0.0 % 0 0",
+                     "Top diagnostics", "550 5.1.1 <*@*>: user unknown 1"):
+        assert expected in text, expected
+
+
+def test_tracking_only_html_has_no_domain_table(published) -> None:
+    html = (published.report_dir / "delivery-d2.html").read_text(encoding="utf-8")
+
+    assert "By recipient domain" not in html
+    assert "Top diagnostics" not in html
+
+
+def test_hostile_domain_and_diagnostic_escaped(tmp_path: Path) -> None:
+    long_diagnostic = "550 5.7.1 " + "x" * 20000
+    write_events(tmp_path / "store", [
+        event_row(event_type="bounced", event_time="2026-12-03T08:00:00Z", delivery_id="dh",
+                  recipient_id="r1", recipient_domain="<b>bold</b>.example", bounce_type="hard",
+                  bounce_reason="refused", diagnostic_group="<script>alert('dsn')</script>"),
+        event_row(event_type="bounced", event_time="2026-12-03T08:00:00Z", delivery_id="dh",
+                  recipient_id="r2", recipient_domain="example.com", bounce_type="hard",
+                  bounce_reason="refused", diagnostic=long_diagnostic),
+    ], file_stem="mx1-mta-0")
+
+    result = run_nightly(str(tmp_path / "store"), tmp_path / "out", SAMPLE_TIMEZONE, REPORT_DATE)
+    html = (result.report_dir / "delivery-dh.html").read_text(encoding="utf-8")
+
+    assert "<b>bold</b>" not in html
+    assert "&lt;b&gt;bold&lt;/b&gt;.example" in html
+    assert "<script>alert(" not in html
+    assert "&lt;script&gt;alert(&#39;dsn&#39;)&lt;/script&gt;" in html
+    # The diagnostic column shows at most 200 characters, the last one an ellipsis.
+    assert long_diagnostic[:199] + "\u2026</td>" in html
+    assert long_diagnostic[:200] not in html
+
+
 def test_pdf_text_hostile_url(published) -> None:
     text = pdf_text(published.report_dir / "delivery-d2.pdf")
 
