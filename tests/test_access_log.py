@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 from collections import Counter
 from datetime import UTC, datetime
 
+import pyarrow.parquet as pq
 import pytest
+from clicktrail.agent import schema
 from clicktrail.agent.config import load_config
 from clicktrail.agent.lines import split_lines
 from clicktrail.agent.parsers.access_log import AccessLogParser, normalise_target
 from clicktrail.agent.parsers.base import SourceContext
 from clicktrail.agent.routes import route_from_table
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .conftest import CASES, EXAMPLES
 
@@ -280,3 +285,32 @@ def test_numbers_out_of_range_do_not_fail_the_batch(status, size):
     result = parse([logged, line("GET /o/7d81d5.aaaa.gif HTTP/1.1")])
 
     assert "aaaa" in result.events.column("recipient_id").to_pylist()
+
+
+FRAGMENTS = st.sampled_from([
+    '"', "\\", '\\"', "\\x", "\\xzz", "\\xff", "-", " ", "[", "]", "%", "%2F", "%zz", "?", "&",
+    "/o/", "/r/", "/u/", "?id=h", ",", ".gif", "GET ", "POST ", " HTTP/1.1", "\t", "\x00",
+    "<script>", "javascript:", "../", "04/Dec/2026:20:20:32 +0100", "+2500", "200", "302", "9" * 30,
+])
+
+
+@st.composite
+def hostile_lines(draw):
+    """Combined-format lines whose fields are built from troublesome fragments."""
+    def field():
+        return "".join(draw(st.lists(st.one_of(FRAGMENTS, st.text(max_size=8)), max_size=8)))
+    return (f'{field()} - - [{field()}] "{field()} {field()} HTTP/1.1" {field()} {field()} '
+            f'"{field()}" "{field()}"')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(hostile_lines(), st.text(max_size=200)), min_size=1, max_size=20))
+def test_no_line_crashes_the_parser(lines):
+    lines = [line.replace("\n", " ").replace("\r", " ") for line in lines]
+    result = parse(lines)
+
+    assert result.events.schema == schema.EVENT_SCHEMA
+    assert result.events.num_rows + result.rejects.num_rows <= len(lines)
+    buffer = io.BytesIO()
+    pq.write_table(result.events, buffer)
+    assert pq.read_table(io.BytesIO(buffer.getvalue())).equals(result.events)
