@@ -34,7 +34,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import schema
-from ..bounce import compile_extra_rules
 from .base import LineBatch, ParseResult, SourceContext, build_rejects
 
 # The Postfix parser's helpers define the shared contract of MTA parsers: how ids are matched
@@ -42,7 +41,6 @@ from .base import LineBatch, ParseResult, SourceContext, build_rejects
 from .postfix import (
     LOCAL_PART_PY_RE,
     QueueJoin,
-    _compile_id_pattern,
     _domain_of,
     _EventRows,
     _null_unless_day,
@@ -104,25 +102,10 @@ class EximParser(QueueJoin):
     KEY_NOUN = "message ids"
 
     def __init__(self, cfg: Any) -> None:
-        self.timezone = cfg.timezone
-        ZoneInfo(cfg.timezone)
-        self._message_id_re = _compile_id_pattern(cfg.message_id_pattern, "message_id_pattern")
-        self._sender_re = _compile_id_pattern(cfg.envelope_sender_pattern,
-                                              "envelope_sender_pattern")
-        self._bounce_rules = compile_extra_rules(getattr(cfg, "bounce_rules", None))
-        self.max_queue_age_s = int(getattr(cfg, "max_queue_age_s", DEFAULT_MAX_QUEUE_AGE_S))
-        self.max_queue_entries = int(getattr(cfg, "max_queue_entries", DEFAULT_MAX_QUEUE_ENTRIES))
-        self._queue: dict[str, dict[str, Any]] = {}
-        self._bounce_cache: dict[tuple, tuple[str | None, str | None]] = {}
-        self._newest_s = 0
-        self._evicted_at_s = 0
+        super().__init__(cfg)
+        ZoneInfo(cfg.timezone)  # an unknown zone fails here, not at the first line
 
     # -- state ---------------------------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        """Return the queue state as JSON-serialisable data that shares nothing with the parser."""
-        queue = {exim_id: _copy_entry(entry) for exim_id, entry in self._queue.items()}
-        return {"version": STATE_VERSION, "newest_s": self._newest_s, "queue": queue}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a snapshot. Malformed entries are skipped and logged, never fatal."""

@@ -95,6 +95,24 @@ class QueueJoin:
     STATE_NAME = "postfix"
     KEY_NOUN = "queue ids"
 
+    def __init__(self, cfg: Any) -> None:
+        self.timezone = cfg.timezone
+        self._message_id_re = _compile_id_pattern(cfg.message_id_pattern, "message_id_pattern")
+        self._sender_re = _compile_id_pattern(cfg.envelope_sender_pattern,
+                                              "envelope_sender_pattern")
+        self._bounce_rules = compile_extra_rules(getattr(cfg, "bounce_rules", None))
+        self.max_queue_age_s = int(getattr(cfg, "max_queue_age_s", DEFAULT_MAX_QUEUE_AGE_S))
+        self.max_queue_entries = int(getattr(cfg, "max_queue_entries", DEFAULT_MAX_QUEUE_ENTRIES))
+        self._queue: dict[str, dict[str, Any]] = {}
+        self._bounce_cache: dict[tuple, tuple[str | None, str | None]] = {}
+        self._newest_s = 0
+        self._evicted_at_s = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return the queue state as JSON-serialisable data that shares nothing with the parser."""
+        queue = {key: _copy_entry(entry) for key, entry in self._queue.items()}
+        return {"version": STATE_VERSION, "newest_s": self._newest_s, "queue": queue}
+
     def _resolve_ids(self, entry: dict[str, Any]) -> None:
         # A VERP envelope sender is the best key: it also reaches asynchronous bounces, which
         # carry the sender but not the Message-ID. The Message-ID comes next.
@@ -182,25 +200,10 @@ class PostfixParser(QueueJoin):
     """
 
     def __init__(self, cfg: Any) -> None:
-        self.timezone = cfg.timezone
+        super().__init__(cfg)
         self._zone = ZoneInfo(cfg.timezone)
-        self._message_id_re = _compile_id_pattern(cfg.message_id_pattern, "message_id_pattern")
-        self._sender_re = _compile_id_pattern(cfg.envelope_sender_pattern,
-                                              "envelope_sender_pattern")
-        self._bounce_rules = compile_extra_rules(getattr(cfg, "bounce_rules", None))
-        self.max_queue_age_s = int(getattr(cfg, "max_queue_age_s", DEFAULT_MAX_QUEUE_AGE_S))
-        self.max_queue_entries = int(getattr(cfg, "max_queue_entries", DEFAULT_MAX_QUEUE_ENTRIES))
-        self._queue: dict[str, dict[str, Any]] = {}
-        self._bounce_cache: dict[tuple, tuple[str | None, str | None]] = {}
-        self._newest_s = 0
-        self._evicted_at_s = 0
 
     # -- state ---------------------------------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        """Return the queue state as JSON-serialisable data that shares nothing with the parser."""
-        queue = {qid: _copy_entry(entry) for qid, entry in self._queue.items()}
-        return {"version": STATE_VERSION, "newest_s": self._newest_s, "queue": queue}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a snapshot. Malformed entries are skipped and logged, never fatal."""
