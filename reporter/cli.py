@@ -9,6 +9,7 @@ from datetime import datetime
 
 import click
 from clicktrail.agent.config import ConfigError, load_config
+from clicktrail.agent.logutil import setup_logging
 
 from .catalog import import_catalog
 from .errors import ReporterError
@@ -28,10 +29,8 @@ class ConfigClickError(click.ClickException):
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages on stderr.")
 def main(verbose: bool) -> None:
     """Render delivery reports from the clicktrail store."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Under systemd the journal adds the time and reads the level from a priority prefix.
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
     # WeasyPrint and fontTools log every layout step and font subset at INFO.
     for noisy in ("weasyprint.progress", "fontTools"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
