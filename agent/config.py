@@ -8,10 +8,11 @@ EX_CONFIG), instead of failing later in the middle of a run.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,6 +24,14 @@ EX_CONFIG = 78
 SOURCE_KINDS = ("access_log", "postfix", "exim", "powermta", "kumomta")
 KIB = 1024
 MIB = 1024 * KIB
+CLIENT_IP_MODES = ("truncate", "keep", "drop")
+# A range file larger than this is almost certainly the wrong file, so loading stops with an
+# error instead of filling memory.
+MAX_RANGE_FILE_BYTES = 64 * MIB
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Pairs of (range name, networks) in config order. The first range that contains an address wins.
+IpRanges = tuple[tuple[str, tuple[IpNetwork, ...]], ...]
 
 
 class ConfigError(Exception):
@@ -46,6 +55,9 @@ class AgentConfig:
     fingerprint_bytes: int = 1024
     rescan_interval_s: float = 10.0
     metrics_port: int = 0
+    # Privacy of access-log client addresses: truncate (IPv4 /24, IPv6 /48), keep or drop.
+    client_ip: str = "truncate"
+    ip_ranges: IpRanges = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,10 @@ class SourceConfig:
     # MTA kinds: operator rules (regex on the diagnostic, bounce_type, bounce_reason), checked
     # before the built-in classification.
     bounce_rules: tuple[tuple[str, str, str], ...] = ()
+    # access_log: copies of [agent] client_ip and ip_ranges, so that the parser, which gets
+    # only its source, can apply them.
+    client_ip: str = "truncate"
+    ip_ranges: IpRanges = ()
 
 
 @dataclass(frozen=True)
@@ -128,11 +144,16 @@ def load_config(path: str | Path) -> Config:
 
     reader = _Reader(path)
     reader.only_keys(data, "", ("agent", "store", "sources", "report", "email"))
+    agent = _agent(reader, data.get("agent", {}))
+    sources = tuple(
+        replace(source, client_ip=agent.client_ip, ip_ranges=agent.ip_ranges)
+        if source.kind == "access_log" else source
+        for source in _sources(reader, data.get("sources")))
     config = Config(
         path=path,
-        agent=_agent(reader, data.get("agent", {})),
+        agent=agent,
         store=_store(reader, data.get("store")),
-        sources=_sources(reader, data.get("sources")),
+        sources=sources,
         report=_report(reader, data.get("report", {})),
         email=_email(reader, data.get("email")),
         raw=data,
@@ -243,7 +264,7 @@ def _agent(reader: _Reader, table: Any) -> AgentConfig:
     reader.only_keys(table, "agent", ("host_id", "state_dir", "max_batch_bytes",
                                       "flush_interval_s", "max_line_bytes", "max_spool_bytes",
                                       "read_chunk_bytes", "fingerprint_bytes", "rescan_interval_s",
-                                      "metrics_port"))
+                                      "metrics_port", "client_ip", "ip_ranges"))
     host_id = reader.string(table, "agent", "host_id") or _default_host_id()
     if not SAFE_NAME.match(host_id):
         raise reader.fail("agent.host_id", f"invalid value {host_id!r}; expected 1-64 characters "
@@ -271,7 +292,61 @@ def _agent(reader: _Reader, table: Any) -> AgentConfig:
         rescan_interval_s=reader.number(table, "agent", "rescan_interval_s", 10.0, minimum=0.1,
                                         maximum=3600, integer=False),
         metrics_port=_metrics_port(reader, table),
+        client_ip=reader.string(table, "agent", "client_ip", "truncate",
+                                choices=CLIENT_IP_MODES) or "truncate",
+        ip_ranges=_ip_ranges(reader, table),
     )
+
+
+def _ip_ranges(reader: _Reader, table: dict[str, Any]) -> IpRanges:
+    """Read [agent] ip_ranges, a table from range names to files of CIDRs, and load the files."""
+    if "ip_ranges" not in table:
+        return ()
+    value = reader.table(table["ip_ranges"], "agent.ip_ranges")
+    ranges = []
+    for name, file_name in value.items():
+        key = f"agent.ip_ranges.{name}"
+        if not SAFE_NAME.match(name):
+            raise reader.fail(key, "invalid range name; expected 1-64 characters of letters, "
+                              "digits, '_', '.' or '-', starting with a letter or digit")
+        if not isinstance(file_name, str) or not file_name:
+            raise reader.fail(key, f"expected the path of a file of CIDRs, got {file_name!r}")
+        ranges.append((name, _read_range_file(reader, key,
+                                              _relative_to_config(reader.path, file_name))))
+    return tuple(ranges)
+
+
+def _read_range_file(reader: _Reader, key: str, path: str) -> tuple[IpNetwork, ...]:
+    """Parse a range file with one CIDR per line. Blank lines and text after '#' are ignored.
+
+    Text after a comma is ignored too, so that a CSV file whose first column is the CIDR can be
+    used as it is.
+    """
+    try:
+        if Path(path).stat().st_size > MAX_RANGE_FILE_BYTES:
+            raise reader.fail(key, f"file {path} is larger than {MAX_RANGE_FILE_BYTES} bytes; "
+                              "expected a list of CIDRs")
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise reader.fail(key, f"file not found: {path}; expected a file with one CIDR per "
+                          "line") from None
+    except UnicodeDecodeError as exc:
+        raise reader.fail(key, f"file {path} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise reader.fail(key, f"cannot read file {path}: {exc.strerror}") from None
+
+    networks = []
+    for number, line in enumerate(lines, start=1):
+        text = line.split("#", 1)[0].split(",", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(text, strict=True))
+        except ValueError as exc:
+            raise reader.fail(key, f"{path} line {number}: invalid CIDR {text!r} ({exc}); "
+                              "expected a network such as 192.0.2.0/24 or 2001:db8::/32") from None
+    return tuple(networks)
 
 
 def _metrics_port(reader: _Reader, table: dict[str, Any]) -> int:

@@ -59,6 +59,9 @@ EVENT_SCHEMA = pa.schema(
         pa.field("http_method", pa.string()),
         pa.field("http_status", pa.int16()),
         pa.field("client_ip", pa.string()),
+        # The [agent] ip_ranges name of the range that contains the full client address, tagged
+        # before the address is truncated. It is null when no range contains it.
+        pa.field("client_network", pa.string()),
         pa.field("user_agent", pa.string()),
         pa.field("referer", pa.string()),
         pa.field("forwarded_for", pa.string()),

@@ -15,7 +15,8 @@ from .catalog import import_catalog
 from .errors import ReporterError
 from .mail import EMAIL_DIR, email_reports
 from .nightly import run_nightly
-from .store import open_store
+from .retention import check_erasable_ids, erase_recipient, purge_before
+from .store import Store, open_store
 
 # sysexits.h EX_CONFIG: systemd units are set not to restart on it.
 EXIT_CONFIG = 78
@@ -125,3 +126,81 @@ def import_catalog_command(config_path: str, files: tuple[str, ...]) -> None:
     except (ReporterError, ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"imported {len(imported)} catalog entries into {config.store.url}")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="The clicktrail TOML config file ([store] is read).")
+@click.option("--before", "before", required=True, type=click.DateTime(formats=["%Y-%m-%d"]),
+              metavar="YYYY-MM-DD",
+              help="Delete partitions of UTC days before this date. Partitions of the date itself are "
+                   "kept.")
+@click.option("--dry-run", is_flag=True, help="List the partitions to delete without deleting.")
+def purge(config_path: str, before: datetime, dry_run: bool) -> None:
+    """Delete events/, rejects/ and classified/ partitions dated before a day.
+
+    Only folders named event_date=YYYY-MM-DD are deleted. Any other entry is left alone and
+    listed.
+
+    Example: clicktrail-report purge --config /etc/clicktrail/clicktrail.toml --before 2026-06-01
+    """
+    store = _open_configured_store(config_path)
+    try:
+        result = purge_before(store, before.date(), dry_run=dry_run)
+    except ReporterError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    verb = "would delete" if dry_run else "deleted"
+    for relative in result.deleted:
+        click.echo(f"{verb} {relative}")
+    for relative in result.unrecognised:
+        click.echo(f"left alone {relative}: not a partition named event_date=YYYY-MM-DD")
+    click.echo(f"{len(result.deleted)} partitions {verb}, {result.kept} kept, "
+               f"{len(result.unrecognised)} other entries left alone", err=True)
+
+
+@main.command("erase-recipient")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="The clicktrail TOML config file ([store] is read).")
+@click.option("--recipient-id", required=True,
+              help="The recipient id to erase: 1-128 letters, digits and _.:@+=-")
+@click.option("--delivery-id", default=None,
+              help="Erase only this delivery's events of the recipient.")
+def erase_recipient_command(config_path: str, recipient_id: str,
+                            delivery_id: str | None) -> None:
+    """Rewrite the events/ files that contain a recipient's events without them.
+
+    rejects/ is not changed, and its raw lines can still contain the id.
+
+    Example: clicktrail-report erase-recipient --config clicktrail.toml --recipient-id r42
+    """
+    try:
+        check_erasable_ids(recipient_id, delivery_id)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    store = _open_configured_store(config_path)
+    try:
+        result = erase_recipient(store, recipient_id, delivery_id)
+    except ReporterError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    for relative in result.files_rewritten:
+        click.echo(f"rewrote {relative}")
+    for relative in result.files_deleted:
+        click.echo(f"deleted {relative}: no rows remained")
+    click.echo(f"{result.rows_removed} rows removed from "
+               f"{len(result.files_rewritten) + len(result.files_deleted)} of "
+               f"{result.files_scanned} files", err=True)
+
+
+def _open_configured_store(config_path: str) -> Store:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise ConfigClickError(str(exc)) from exc
+    try:
+        return open_store(config.store.url, config.store.endpoint_override, config.store.region)
+    except ReporterError as exc:
+        raise click.ClickException(str(exc)) from exc

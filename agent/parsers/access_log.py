@@ -7,8 +7,10 @@ them: values with Apache escapes, request targets that need normalising, and opa
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
+from collections import defaultdict
 from typing import Any
 from urllib.parse import unquote
 
@@ -42,6 +44,8 @@ class AccessLogParser:
         self.routes: tuple[Route, ...] = tuple(cfg.routes)
         self.format: CompiledFormat = compile_log_format(cfg.log_format)
         self.timezone = getattr(cfg, "timezone", "UTC")
+        self.addresses = ClientAddressPolicy(getattr(cfg, "client_ip", "truncate"),
+                                             getattr(cfg, "ip_ranges", ()))
 
     def snapshot(self) -> None:
         return None
@@ -146,10 +150,140 @@ class AccessLogParser:
                 columns["url"] = pc.coalesce(column, columns["url"])
                 continue
             columns["http_status" if name == "status" else name] = column
+        self.addresses.apply(columns)
 
         counters["events"] = len(positions)
         events = build_events(columns, ctx, batch.offsets[line_rows])
         return events, token_rejects, counters
+
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Prefix lengths kept by client_ip = "truncate": a /24 is one IPv4 subnet of 256 addresses and a
+# /48 one IPv6 site, which still place a hit at a network without identifying a host.
+TRUNCATE_PREFIX = {4: 24, 6: 48}
+
+
+class ClientAddressPolicy:
+    """Tag client addresses with their configured range, then truncate, keep or drop them.
+
+    Work is done once per distinct value of a batch (dictionary_encode), because one client
+    usually sends many requests.
+    """
+
+    def __init__(self, mode: str, ranges: Any):
+        if mode not in ("truncate", "keep", "drop"):
+            raise ValueError(f"client_ip must be truncate, keep or drop, got {mode!r}")
+        self.mode = mode
+        self.names = [name for name, _ in ranges]
+        # Per IP version: (mask, {network address: range index}) for each prefix length in use.
+        # A lookup masks the address once per prefix length instead of testing every network.
+        by_prefix: dict[tuple[int, int], dict[int, int]] = defaultdict(dict)
+        for index, (_, networks) in enumerate(ranges):
+            for network in networks:
+                # setdefault keeps the first range in config order for a network listed twice.
+                by_prefix[(network.version, network.prefixlen)].setdefault(
+                    int(network.network_address), index)
+        self.tables: dict[int, list[tuple[int, dict[int, int]]]] = {4: [], 6: []}
+        for (version, prefix), table in sorted(by_prefix.items()):
+            bits = 32 if version == 4 else 128
+            mask = ((1 << prefix) - 1) << (bits - prefix)
+            self.tables[version].append((mask, table))
+
+    def apply(self, columns: dict[str, Any]) -> None:
+        """Set client_network and rewrite client_ip and forwarded_for in place by the mode."""
+        client = columns.get("client_ip")
+        if client is not None:
+            encoded = _combined(client).dictionary_encode()
+            addresses = [parse_address(value) for value in encoded.dictionary.to_pylist()]
+            if self.names:
+                names = pa.array([self.range_name(a) for a in addresses], pa.string())
+                columns["client_network"] = names.take(encoded.indices)
+            if self.mode == "truncate":
+                truncated = pa.array([truncate_address(a) for a in addresses], pa.string())
+                columns["client_ip"] = truncated.take(encoded.indices)
+            elif self.mode == "drop":
+                columns["client_ip"] = pa.nulls(len(client), pa.string())
+
+        forwarded = columns.get("forwarded_for")
+        if forwarded is not None:
+            if self.mode == "truncate":
+                encoded = _combined(forwarded).dictionary_encode()
+                lists = [truncate_forwarded_for(v) for v in encoded.dictionary.to_pylist()]
+                columns["forwarded_for"] = pa.array(lists, pa.string()).take(encoded.indices)
+            elif self.mode == "drop":
+                columns["forwarded_for"] = pa.nulls(len(forwarded), pa.string())
+
+    def range_name(self, address: IpAddress | None) -> str | None:
+        """Return the name of the first configured range containing address, or None."""
+        if address is None or not self.names:
+            return None
+        value = int(address)
+        best: int | None = None
+        for mask, table in self.tables[address.version]:
+            index = table.get(value & mask)
+            if index is not None and (best is None or index < best):
+                best = index
+        return None if best is None else self.names[best]
+
+
+def parse_address(value: str | None) -> IpAddress | None:
+    """Parse a logged client address, turning an IPv4-mapped IPv6 address into its IPv4 address.
+
+    A server listening on a dual-stack IPv6 socket logs an IPv4 client as ::ffff:192.0.2.17,
+    which must match IPv4 ranges and truncate to /24.
+    """
+    if not value:
+        return None
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def truncate_address(address: IpAddress | None) -> str | None:
+    """Return the network address of address's /24 (IPv4) or /48 (IPv6).
+
+    NOTE: a value that is not an IP address (a host name when httpd's HostnameLookups is on)
+    cannot be truncated, so it becomes null rather than being stored in full.
+    """
+    if address is None:
+        return None
+    network = ipaddress.ip_network(f"{address}/{TRUNCATE_PREFIX[address.version]}", strict=False)
+    return str(network.network_address)
+
+
+def truncate_forwarded_for(value: str | None) -> str | None:
+    """Truncate each address of an X-Forwarded-For list and keep its "unknown" tokens.
+
+    A token with a port (192.0.2.17:443, [2001:db8::1]:443) is truncated without its port. A
+    token that is not an address becomes "unknown", which keeps the number of hops.
+    """
+    if value is None:
+        return None
+    tokens = []
+    for token in value.split(","):
+        token = token.strip()
+        if token.lower() == "unknown":
+            tokens.append(token)
+            continue
+        truncated = truncate_address(parse_address(_strip_port(token)))
+        tokens.append(truncated if truncated is not None else "unknown")
+    return ", ".join(tokens)
+
+
+def _strip_port(token: str) -> str:
+    if token.startswith("["):
+        return token[1:].split("]", 1)[0]
+    if token.count(":") == 1:
+        return token.split(":", 1)[0]
+    return token
+
+
+def _combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 class _RoutedRows:

@@ -1,0 +1,204 @@
+"""Retention and erasure in the store: delete old partitions, remove one recipient's events.
+
+Both work through the store's pyarrow filesystem, so the same code serves a local folder and
+S3-compatible storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from clicktrail.agent.schema import CLASSIFIED_DIR, EVENTS_DIR, REJECTS_DIR
+
+from .errors import StoreError
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+PURGED_AREAS = (EVENTS_DIR, REJECTS_DIR, CLASSIFIED_DIR)
+PARTITION_NAME = re.compile(r"event_date=([0-9]{4}-[0-9]{2}-[0-9]{2})")
+# The characters and length that the agent accepts in ids (routes.VALID_ID), so that every
+# stored id can be erased.
+ERASABLE_ID = re.compile(r"[A-Za-z0-9_.:@+=-]{1,128}")
+
+
+@dataclass
+class PurgeResult:
+    """Partitions deleted (or, in a dry run, to delete) and entries left alone."""
+
+    deleted: list[str] = field(default_factory=list)
+    kept: int = 0
+    # Entries of an area whose name is not event_date=YYYY-MM-DD with a valid date.
+    unrecognised: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EraseResult:
+    """Files rewritten without the recipient's rows, files deleted because no row remained."""
+
+    files_scanned: int = 0
+    files_rewritten: list[str] = field(default_factory=list)
+    files_deleted: list[str] = field(default_factory=list)
+    rows_removed: int = 0
+
+
+def purge_before(store: Store, before: date, *, dry_run: bool = False) -> PurgeResult:
+    """Delete the partitions of events/, rejects/ and classified/ dated before `before`.
+
+    Partition dates are UTC days, as the agent writes them. Raises StoreError when the store
+    cannot be listed or a partition cannot be deleted. Partitions deleted until then stay
+    deleted and are logged.
+    """
+    result = PurgeResult()
+    for area in PURGED_AREAS:
+        for info in _list(store, area, recursive=False):
+            relative = f"{area}/{info.base_name}"
+            day = _partition_date(info)
+            if day is None:
+                result.unrecognised.append(relative)
+                continue
+            if day >= before:
+                result.kept += 1
+                continue
+            if not dry_run:
+                try:
+                    store.filesystem.delete_dir(info.path)
+                except OSError as exc:
+                    raise StoreError(f"cannot delete {relative} in store {store.url}: {exc}",
+                                     store_url=store.url, transient=True) from exc
+                log.info("deleted partition %s from %s", relative, store.url)
+            result.deleted.append(relative)
+    return result
+
+
+def _partition_date(info: pafs.FileInfo) -> date | None:
+    if info.type != pafs.FileType.Directory:
+        return None
+    match = PARTITION_NAME.fullmatch(info.base_name)
+    if match is None:
+        return None
+    try:
+        return date.fromisoformat(match.group(1))
+    except ValueError:
+        return None
+
+
+def erase_recipient(store: Store, recipient_id: str,
+                    delivery_id: str | None = None) -> EraseResult:
+    """Rewrite every events/ file that contains rows of recipient_id without those rows.
+
+    With delivery_id, only that delivery's rows of the recipient are removed. A file left with
+    no rows is deleted. Raises ValueError on an invalid id and StoreError when a file cannot be
+    read or written. Files rewritten until then stay rewritten.
+
+    NOTE: rejects/ keeps raw log lines, which can contain the recipient id in a URL, and this
+    function does not touch them. Files that the agent uploads while it runs are not scanned,
+    so run it again after the agent has uploaded everything up to the request.
+    """
+    check_erasable_ids(recipient_id, delivery_id)
+    result = EraseResult()
+    for info in _list(store, EVENTS_DIR, recursive=True):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue
+        if _is_hidden(store, info.path):
+            continue
+        result.files_scanned += 1
+        table = _read_parquet(store, info.path)
+        matches = pc.equal(table.column("recipient_id"), recipient_id)
+        if delivery_id is not None:
+            matches = pc.and_(matches, pc.equal(table.column("delivery_id"), delivery_id))
+        matches = matches.fill_null(False)
+        removed = pc.sum(matches).as_py() or 0
+        if removed == 0:
+            continue
+
+        relative = info.path[len(store.root.rstrip("/")) + 1:]
+        remaining = table.filter(pc.invert(matches))
+        if remaining.num_rows == 0:
+            _delete_file(store, info.path, relative)
+            result.files_deleted.append(relative)
+        else:
+            _replace_parquet(store, info.path, remaining, relative)
+            result.files_rewritten.append(relative)
+        result.rows_removed += removed
+        log.info("removed %d rows of one recipient from %s", removed, relative)
+    return result
+
+
+def check_erasable_ids(recipient_id: str, delivery_id: str | None = None) -> None:
+    """Raise ValueError naming the option when an id is not one the agent could have stored."""
+    for label, value in (("--recipient-id", recipient_id), ("--delivery-id", delivery_id)):
+        if value is not None and not ERASABLE_ID.fullmatch(value):
+            raise ValueError(f"invalid {label} {value!r}; expected 1-128 characters of letters, "
+                             "digits and _.:@+=-")
+
+
+def _list(store: Store, area: str, *, recursive: bool) -> list[pafs.FileInfo]:
+    selector = pafs.FileSelector(store.path(area), allow_not_found=True, recursive=recursive)
+    try:
+        return sorted(store.filesystem.get_file_info(selector), key=lambda info: info.path)
+    except OSError as exc:
+        raise StoreError(f"cannot list {area}/ in store {store.url}: {exc}",
+                         store_url=store.url, transient=True) from exc
+
+
+def _is_hidden(store: Store, path: str) -> bool:
+    # Names starting with '.' or '_' are temporary or metadata files, which pyarrow datasets
+    # skip too (their default ignore_prefixes).
+    parts = path[len(store.root.rstrip("/")) + 1:].split("/")
+    return any(part.startswith((".", "_")) for part in parts)
+
+
+def _read_parquet(store: Store, path: str) -> pa.Table:
+    # ParquetFile reads the file alone: pq.read_table would add event_date from the folder name.
+    try:
+        with store.filesystem.open_input_file(path) as source:
+            return pq.ParquetFile(source).read()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StoreError(f"cannot read {path} in store {store.url}: {exc}",
+                         store_url=store.url, transient=isinstance(exc, OSError)) from exc
+
+
+def _replace_parquet(store: Store, path: str, table: pa.Table, relative: str) -> None:
+    """Replace the file at path with table, so that readers see the old or the new file whole.
+
+    On a local store the new file is written under a hidden name in the same folder, then
+    renamed over the old one. On S3 a PUT to the same key replaces the object in one step.
+    """
+    is_local = isinstance(store.filesystem, pafs.LocalFileSystem)
+    folder, _, name = path.rpartition("/")
+    target = f"{folder}/.{name}.erase-{uuid.uuid4().hex}" if is_local else path
+    try:
+        with store.filesystem.open_output_stream(target) as output:
+            # zstd, as the agent's spool writes batch files.
+            pq.write_table(table, output, compression="zstd")
+        if is_local:
+            store.filesystem.move(target, path)
+    except OSError as exc:
+        if is_local:
+            _remove_quietly(store, target)
+        raise StoreError(f"cannot rewrite {relative} in store {store.url}: {exc}",
+                         store_url=store.url, transient=True) from exc
+
+
+def _delete_file(store: Store, path: str, relative: str) -> None:
+    try:
+        store.filesystem.delete_file(path)
+    except OSError as exc:
+        raise StoreError(f"cannot delete {relative} in store {store.url}: {exc}",
+                         store_url=store.url, transient=True) from exc
+
+
+def _remove_quietly(store: Store, path: str) -> None:
+    try:
+        store.filesystem.delete_file(path)
+    except OSError as exc:
+        log.warning("cannot remove temporary file %s: %s", path, exc)
