@@ -8,9 +8,8 @@ import socket
 import threading
 
 import pytest
-from weasyprint import HTML
-
 from clicktrail.reporter.render import make_url_fetcher
+from weasyprint import HTML
 
 
 class Listener:
