@@ -96,6 +96,7 @@ class ReportConfig:
     timezone: str = "UTC"
     output_dir: str = "reports"
     lookback_days: int = 30
+    max_memory_bytes: int = 4 * 1024 * MIB
 
 
 @dataclass(frozen=True)
@@ -543,13 +544,16 @@ def _access_log_source(reader: _Reader, table: dict[str, Any], prefix: str, name
 
 def _report(reader: _Reader, table: Any) -> ReportConfig:
     table = reader.table(table, "report")
-    reader.only_keys(table, "report", ("timezone", "output_dir", "lookback_days"))
+    reader.only_keys(table, "report", ("timezone", "output_dir", "lookback_days",
+                                       "max_memory_bytes"))
     output_dir = reader.string(table, "report", "output_dir", "reports")
     assert output_dir is not None
     return ReportConfig(
         timezone=reader.timezone(table, "report", "timezone", "UTC"),
         output_dir=_relative_to_config(reader.path, output_dir),
         lookback_days=reader.number(table, "report", "lookback_days", 30, minimum=1, maximum=3660),
+        max_memory_bytes=reader.number(table, "report", "max_memory_bytes", 4 * 1024 * MIB,
+                                       minimum=128 * MIB, maximum=1024 * 1024 * MIB),
     )
 
 

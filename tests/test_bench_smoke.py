@@ -1,4 +1,7 @@
-"""Smoke runs of the benchmarks on 2,000 generated lines: the tools agree on what they read."""
+"""Smoke runs of the benchmarks on 2,000 generated lines and a 20,000-event store.
+
+The tools must agree on what they read.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ def load_bench(name: str) -> ModuleType:
 
 generate = load_bench("generate")
 throughput = load_bench("agent_throughput")
+reporter_store = load_bench("reporter_store")
+reporter_throughput = load_bench("reporter_throughput")
 
 
 def generated_log(tmp_path: Path, seed: int = 7) -> tuple[Path, dict[str, int]]:
@@ -112,3 +117,27 @@ def test_benchmark_goaccess_line_count(tmp_path):
 
     assert measured.lines == LINES
     assert measured.details["valid_requests"] + measured.details["failed_requests"] == LINES
+
+
+
+def test_reporter_benchmark_figures_agree(tmp_path):
+    store = tmp_path / "store"
+    counts = reporter_store.generate_store(store, events=20_000, deliveries=3, seed=3)
+    assert counts["rows"] > counts["events"]  # the replay files hold duplicates
+
+    duckdb_result = reporter_throughput.run_child("duckdb", store, tmp_path)
+    nightly_result = reporter_throughput.run_child("nightly", store, tmp_path)
+
+    assert duckdb_result["events"] == 20_000
+    assert nightly_result["deliveries"] == 3
+    assert nightly_result["pdf_pages"] >= 3
+    reported = nightly_result["figures"]["d000"]
+    expected = duckdb_result["figures"]["d000"]
+    assert reported["delivered"] == expected["delivered"]
+    assert reported["opens"] == expected["opens"]
+    assert reported["clicks"] == expected["clicks"]
+    assert reported["delivered"] > 0
+    assert reported["clicks"] > 0
+    assert reporter_throughput.compare_figures(duckdb_result, nightly_result) == []
+    assert "reporter query time / DuckDB alone" in reporter_throughput.format_table(
+        duckdb_result, nightly_result)

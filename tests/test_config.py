@@ -218,3 +218,12 @@ def test_bounce_rule_with_unknown_reason(tmp_path):
     with pytest.raises(ConfigError, match=r"sources\[0\]\.bounce_rule\[0\]: bounce_reason must be "
                                           r"one of"):
         load_config(path)
+
+
+def test_report_memory_limit(tmp_path):
+    default = load_config(write(tmp_path, VALID))
+    small = write(tmp_path, VALID + "\n[report]\nmax_memory_bytes = 1000\n")
+
+    assert default.report.max_memory_bytes == 4 * 1024**3
+    with pytest.raises(ConfigError, match=r"report\.max_memory_bytes: value 1000 out of range"):
+        load_config(small)
