@@ -73,6 +73,7 @@ def test_sigkill_during_rotations_loses_and_duplicates_nothing(tmp_path):
     writer.start()
 
     agent_log = open(tmp_path / "agent.log", "ab")  # noqa: SIM115 (shared by every run)
+    agent = None
     try:
         for _ in range(KILLS):
             agent = start_agent(config, agent_log)
@@ -95,6 +96,10 @@ def test_sigkill_during_rotations_loses_and_duplicates_nothing(tmp_path):
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=30) == 0
     finally:
+        # A failed check must not leave the last agent running after the test.
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+            agent.wait()
         agent_log.close()
 
     assert writer.rotations["rename"] > 0
