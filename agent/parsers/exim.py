@@ -41,10 +41,13 @@ from .base import LineBatch, ParseResult, SourceContext, build_rejects
 from .postfix import (
     LOCAL_PART_PY_RE,
     QueueJoin,
+    _copy_entry,
     _domain_of,
     _EventRows,
+    _new_entry,
     _null_unless_day,
     _recipient_key,
+    _valid_entry,
 )
 
 logger = logging.getLogger(__name__)
@@ -323,26 +326,3 @@ def _reply_codes(text: str | None) -> tuple[int | None, str | None]:
     if match is None:
         return None, None
     return int(match.group(1)), match.group(2)
-
-
-def _new_entry(seen_s: int) -> dict[str, Any]:
-    return {"message_id": None, "sender": None, "ids": None, "join_key": None, "seen_s": seen_s,
-            "deferred": {}}
-
-
-def _copy_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    copy = dict(entry)
-    copy["ids"] = list(entry["ids"]) if entry["ids"] is not None else None
-    copy["deferred"] = {key: list(value) for key, value in entry["deferred"].items()}
-    return copy
-
-
-def _valid_entry(entry: Any) -> bool:
-    if not isinstance(entry, dict) or set(entry) != set(_new_entry(0)):
-        return False
-    ids = entry["ids"]
-    if ids is not None and not (isinstance(ids, list) and len(ids) == 3):
-        return False
-    deferred = entry["deferred"]
-    return (isinstance(entry["seen_s"], int) and isinstance(deferred, dict)
-            and all(isinstance(v, list) and len(v) == 5 for v in deferred.values()))

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ..bounce import classify, compile_extra_rules, normalise_diagnostic
+from ..bounce import classify, compile_extra_rules
 from ..routes import VALID_ID
-from .base import LineBatch, ParseResult, SourceContext, build_events, build_rejects
+from .base import LineBatch, ParseResult, SourceContext, build_rejects
 
 # The Postfix parser's helpers define the shared contract of MTA parsers: how ids are matched
 # and validated, how a recipient is digested, and how diagnostics lose their local parts.
-from .postfix import LOCAL_PART_PY_RE, _compile_id_pattern, _domain_of, _match_ids, _recipient_key
+from .postfix import _compile_id_pattern, _domain_of, _match_ids, _recipient_key, rows_to_events
 
 logger = logging.getLogger(__name__)
 
@@ -215,31 +215,7 @@ class KumoMtaParser:
         return bounce_type, reason
 
     def _build_table(self, rows: list[dict[str, Any]], batch: LineBatch, ctx: SourceContext):
-        line_index = np.asarray([row["line"] for row in rows], dtype=np.int64)
-        bounce = [self._classify(row) for row in rows]
-        ids = [row["ids"] or (None, None, None) for row in rows]
-        columns = {
-            "event_time": [row["event_time"] for row in rows],
-            "event_type": [row["event_type"] for row in rows],
-            "delivery_id": [i[0] for i in ids],
-            "recipient_id": [i[1] for i in ids],
-            "link_id": [i[2] for i in ids],
-            "queue_id": [row["queue_id"] for row in rows],
-            "message_id": [row["message_id"] for row in rows],
-            "recipient_domain": [row["recipient_domain"] for row in rows],
-            "recipient_key": [row["recipient_key"] for row in rows],
-            "smtp_code": [row["smtp_code"] for row in rows],
-            "dsn": [row["dsn"] for row in rows],
-            "bounce_type": [b[0] for b in bounce],
-            "bounce_reason": [b[1] for b in bounce],
-            "diagnostic": [LOCAL_PART_PY_RE.sub("*@", row["diagnostic"]) if row["diagnostic"]
-                           else None for row in rows],
-            "diagnostic_group": [normalise_diagnostic(row["diagnostic"]) for row in rows],
-            "relay": [row["relay"] for row in rows],
-            "join_key": [row["join_key"] for row in rows],
-        }
-        return build_events(columns, ctx, batch.offsets[line_index],
-                            np.asarray([row["index"] for row in rows], dtype=np.int64))
+        return rows_to_events(rows, [self._classify(row) for row in rows], batch, ctx)
 
 
 def _feedback_fields(record: dict[str, Any]) -> tuple[list[str], str | None, str | None,

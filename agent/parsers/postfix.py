@@ -539,6 +539,40 @@ def _match_ids(regex: re.Pattern[str] | None, value: str | None) -> list[str | N
     return ids
 
 
+def rows_to_events(rows: list[dict[str, Any]], bounce: list[tuple[str | None, str | None]],
+                   batch: LineBatch, ctx: SourceContext) -> pa.Table:
+    """Build the event table of the stateless MTA parsers from one dict per outcome.
+
+    A row carries line (its index in the batch), event_time, event_type, ids, message_id,
+    recipient_domain, recipient_key, smtp_code, dsn, diagnostic, relay and join_key, and may carry
+    queue_id and index (several events of one line); bounce holds (bounce_type, bounce_reason).
+    """
+    line_index = np.asarray([row["line"] for row in rows], dtype=np.int64)
+    ids = [row["ids"] or (None, None, None) for row in rows]
+    columns = {
+        "event_time": [row["event_time"] for row in rows],
+        "event_type": [row["event_type"] for row in rows],
+        "delivery_id": [i[0] for i in ids],
+        "recipient_id": [i[1] for i in ids],
+        "link_id": [i[2] for i in ids],
+        "queue_id": [row.get("queue_id") for row in rows],
+        "message_id": [row["message_id"] for row in rows],
+        "recipient_domain": [row["recipient_domain"] for row in rows],
+        "recipient_key": [row["recipient_key"] for row in rows],
+        "smtp_code": [row["smtp_code"] for row in rows],
+        "dsn": [row["dsn"] for row in rows],
+        "bounce_type": [b[0] for b in bounce],
+        "bounce_reason": [b[1] for b in bounce],
+        "diagnostic": [LOCAL_PART_PY_RE.sub("*@", row["diagnostic"]) if row["diagnostic"]
+                       else None for row in rows],
+        "diagnostic_group": [normalise_diagnostic(row["diagnostic"]) for row in rows],
+        "relay": [row["relay"] for row in rows],
+        "join_key": [row["join_key"] for row in rows],
+    }
+    indexes = np.asarray([row.get("index", 0) for row in rows], dtype=np.int64)
+    return build_events(columns, ctx, batch.offsets[line_index], indexes)
+
+
 def _new_entry(seen_s: int) -> dict[str, Any]:
     return {"message_id": None, "sender": None, "ids": None, "join_key": None, "seen_s": seen_s,
             "deferred": {}}
