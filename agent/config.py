@@ -2,8 +2,8 @@
 
 The agent reads [agent], [store] and [[sources]]; the reporter reads [store], [report] and
 [email]. Every key is checked here, so that a typo or a bad value stops the program at start-up
-with a message naming the file, the key, the value and what is expected (exit status 78,
-EX_CONFIG), instead of failing later in the middle of a run.
+instead of failing in the middle of a run. The message names the file, the key, the value and
+what is expected, and the exit status is 78 (EX_CONFIG).
 """
 
 from __future__ import annotations
@@ -378,7 +378,7 @@ def _store(reader: _Reader, table: Any) -> StoreConfig:
     scheme = url.split("://", 1)[0] if "://" in url else ""
     authority = url.split("://", 1)[1].split("/", 1)[0] if "://" in url else ""
     if "@" in authority:
-        # Never echo the value: it holds a secret.
+        # The value is not echoed, because it contains a secret.
         raise reader.fail("store.url", "credentials in the URL are not accepted; give them in "
                           "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or in "
                           "AWS_SHARED_CREDENTIALS_FILE, and write the URL as s3://bucket/prefix")

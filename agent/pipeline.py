@@ -1,8 +1,8 @@
 """Read sources from their checkpoints, parse, seal batches into the spool, commit, forward.
 
-The order of the steps is the exactly-once contract: a batch (lines [A, B) of one generation) is
-sealed in the spool under a name fixed by (host, source, generation, A) before its checkpoint
-moves to B, and it is uploaded only after that. `clicktrail-agent once` runs the steps until
+The order of the steps is the exactly-once contract. A batch (lines [A, B) of one generation) is
+sealed in the spool under a name fixed by (host, source, generation, A). Only then does its
+checkpoint move to B, and only after that is it uploaded. `clicktrail-agent once` runs the steps until
 every file is read to its end; the daemon runs them whenever files change.
 """
 
@@ -27,7 +27,8 @@ from .store import open_store
 log = logging.getLogger(__name__)
 
 # A rotated file that left the globs (or was deleted) while open is read through its open
-# descriptor until it has not grown for this long; old web server workers may still write to it.
+# descriptor until it has not grown for this long, because old web server workers may still
+# write to it.
 VANISHED_GRACE_S = 60.0
 
 
@@ -251,7 +252,7 @@ class SourceTail:
         stat = os.fstat(handle.fileno())
         if (stat.st_dev, stat.st_ino) != (state.device, state.inode):
             handle.close()
-            return None  # replaced between stat and open: the next scan sees the new file
+            return None  # replaced between stat and open: the next scan finds the new file
         self.handles[generation.generation] = handle
         return handle
 
@@ -265,7 +266,7 @@ class SourceTail:
                 return False
             if not _head_unchanged(handle, generation):
                 # copytruncate truncated the file between the scan and this read: what was
-                # read belongs to the new content. The copy holds the rest of this generation.
+                # read belongs to the new content. The copy contains the rest of this generation.
                 log.info("source %s: %s was truncated while being read; rescanning",
                          self.source.name, generation.path)
                 handle.close()
@@ -281,7 +282,7 @@ class SourceTail:
     def _chunk_bytes(self) -> int:
         """Size the next read so that a batch stays near max_batch_bytes.
 
-        A read longer than max_line_bytes always holds a newline or starts a skipped line, so
+        A read longer than max_line_bytes always contains a newline or starts a skipped line, so
         the size never goes below that.
         """
         budget = self.agent.max_batch_bytes - self.pending_bytes

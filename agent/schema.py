@@ -72,8 +72,8 @@ EVENT_SCHEMA = pa.schema(
         pa.field("queue_id", pa.string()),
         pa.field("message_id", pa.string()),
         pa.field("recipient_domain", pa.string()),
-        # A digest of the lowercased recipient address (blake2b, 8 bytes, hex): tells the
-        # recipients of one message apart for counting without storing the address.
+        # A digest of the lowercased recipient address (blake2b, 8 bytes, hex), which
+        # distinguishes the recipients of one message for counting without storing the address.
         pa.field("recipient_key", pa.string()),
         pa.field("smtp_code", pa.int16()),
         pa.field("dsn", pa.string()),
@@ -157,7 +157,7 @@ def event_id(host: str, source: str, generation: str, offset: int, index: int = 
     """Derive the dedupe key of an event from where its line sits.
 
     The key is readable ("mx1:tracking:9395df427e49ec02:1042") so that an audit can go from an
-    event back to its line. index tells apart several events made from one line (a Postfix
+    event back to its line. index distinguishes several events made from one line (a Postfix
     expiry line closes every recipient of its message that was still deferred).
     """
     key = f"{host}:{source}:{generation}:{offset}"

@@ -1,4 +1,4 @@
-"""What `clicktrail-agent status` shows: per file offset, size and lag; spool; last upload."""
+"""The report of `clicktrail-agent status`: per file offset, size and lag; spool; last upload."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def collect_status(config: Config) -> dict[str, Any]:
                 cp = by_generation.get(generation.generation) if generation else None
                 size = os.path.getsize(path) if os.path.exists(path) else 0
                 offset = cp.offset if cp else 0
-                # A compressed copy's offset counts decompressed bytes, so its size tells nothing.
+                # A compressed copy's offset counts decompressed bytes, so its size cannot
+                # give the lag.
                 if cp is not None and (cp.complete or log_file.compressed):
                     lag = 0
                 else:

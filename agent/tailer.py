@@ -14,7 +14,7 @@ Each file found is matched against the generations already known, in this order:
    still shorter than the offset is being written and waits for the next scan;
 3. otherwise a new generation. When the first-line id is already taken by different content
    (two files that start with the same line, or a file truncated and rewritten with the same
-   first line), the id is derived from that id and the file's (device, inode) instead.
+   first line), the id is derived from that id and the file's (device, inode).
 Heads are compatible when one is a prefix of the other: a short file's head grows with it.
 """
 
@@ -37,14 +37,15 @@ import zstandard
 from .logutil import RateLimitedLogger
 
 log = logging.getLogger(__name__)
-# A file that cannot be read fails again at every scan; say so once a minute, with a count.
+# A file that cannot be read fails again at every scan, so the warning is logged once a minute
+# with a count.
 warnings = RateLimitedLogger(log, interval_s=60.0)
 
 COMPRESSED_SUFFIXES = (".gz", ".zst")
 # Frame magic numbers: gzip (RFC 1952) and zstd (RFC 8878). KumoMTA names its zstd log segments
 # without a suffix, so a file without one is recognised by its first bytes.
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-# What a truncated or damaged compressed file raises while it is read.
+# Exceptions that a truncated or damaged compressed file raises while it is read.
 DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, zstandard.ZstdError)
 _NUMBERED = re.compile(r"\.(\d{1,4})$")
 _DATED = re.compile(r"[-._](\d{8}(?:[-_]?\d{2,6})?)$")
@@ -58,7 +59,7 @@ class FileChanged(Exception):
 
 @dataclass(frozen=True)
 class FileState:
-    """What one stat and one read of the head tell about a file found by the globs."""
+    """The result of one stat and one read of the head of a file found by the globs."""
 
     path: str
     device: int
@@ -161,7 +162,7 @@ def resolve(state: FileState, known: dict[str, Generation]) -> Generation | None
             if state.compressed or state.size >= generation.offset:
                 return generation
             if (generation.device, generation.inode) != (state.device, state.inode):
-                # A copy still being written (copytruncate, cp): it holds this generation but
+                # A copy still being written (copytruncate, cp): it contains this generation but
                 # has not reached its offset yet. Wait for the next scan rather than read it
                 # as new content.
                 return None
@@ -202,7 +203,7 @@ def read_compressed(state: FileState, offset: int, chunk_bytes: int) -> Iterator
     A compressed stream cannot seek, so the first `offset` bytes are decompressed and skipped. A file
     still being compressed ends early; what was read so far is yielded and EOFError is raised.
     The file is read only if it is still the one stat_file saw: rotation renames compressed
-    copies, and the same name may now hold another generation. FileChanged says it does not.
+    copies, and the same name may now hold another generation. FileChanged is raised when it is not.
     """
     try:
         raw = open(state.path, "rb")  # noqa: SIM115 (closed below)

@@ -17,7 +17,7 @@ class NotifySocket:
         self.messages: list[str] = []
 
     def wait_for(self, wanted: str, timeout: float = 20.0) -> list[str]:
-        """Collect datagrams until one holds the line `wanted`; return all collected."""
+        """Collect datagrams until one contains the line `wanted`; return all collected."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))

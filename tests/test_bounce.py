@@ -1,5 +1,5 @@
 """Tests of the bounce classifier, on diagnostics taken from real Postfix logs (cases/postfix)
-and on a few typical provider answers."""
+and on a few typical provider replies."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def test_classify(status, dsn, smtp_code, text, bounce_type, bounce_reason):
 
 
 def test_address_in_text_does_not_match():
-    # "blocked" in the local part must not make a mailbox-full answer a policy block.
+    # "blocked" in the local part must not make a mailbox-full reply a policy block.
     text = "452 4.2.2 <blocked.full@inbox-a.example>: over quota"
     assert classify("deferred", "4.2.2", 452, text) == ("soft", "mailbox_full")
 

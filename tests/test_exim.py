@@ -100,7 +100,7 @@ def test_real_run_outcomes_per_recipient(variant, chunk_bytes):
     for address, outcomes in expected["recipients"].items():
         assert outcomes_by_recipient(events, address) == outcomes, address
 
-    # The closed port never answered, so its deferrals are checked by rule, not by count.
+    # Nothing listened on the closed port, so its deferrals are checked by rule, not by count.
     for address, final in expected["expected_unreachable"].items():
         outcomes = outcomes_by_recipient(events, address)
         assert outcomes[-1] == final
@@ -121,8 +121,8 @@ def test_real_run_ids_and_join_keys():
     rows = events.to_pylist()
 
     by_recipient = {(e["delivery_id"], e["recipient_id"], e["join_key"]) for e in rows}
-    # Every message has a VERP envelope sender, the preferred key; message a009 was sent without
-    # a Message-ID (Exim added its own), which the VERP sender makes no matter.
+    # Every message has a VERP envelope sender, the preferred key. Message a009 was sent without
+    # a Message-ID (Exim added its own), but its VERP sender still gives its ids.
     assert by_recipient == {
         *(("c0ffee", f"a00{n}", "envelope_sender") for n in range(1, 10)),
         ("beef01", "b001", "envelope_sender"),

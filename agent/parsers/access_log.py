@@ -146,7 +146,7 @@ class AccessLogParser:
             if name in ("status", "response_bytes", "response_time_us"):
                 column = _to_int(column, max_digits=18)
             if name == "location":
-                # The redirect target the server answered is the best URL; else the route's.
+                # The redirect target in the server's response is the best URL, else the route's.
                 columns["url"] = pc.coalesce(column, columns["url"])
                 continue
             columns["http_status" if name == "status" else name] = column

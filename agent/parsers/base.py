@@ -1,8 +1,9 @@
 """What every parser takes and returns.
 
 A parser turns a batch of complete lines of one file generation into Arrow columns: one table of
-events (schema.EVENT_SCHEMA) and one of rejected lines (schema.REJECT_SCHEMA). It never raises on
-bad input: a line it cannot read is a reject with a reason, and reading goes on.
+events (schema.EVENT_SCHEMA) and one of rejected lines (schema.REJECT_SCHEMA). A parser must not
+raise on bad input: a line it cannot read is a reject with a reason, and reading goes on. If one
+raises anyway, Batch parses that batch line by line and rejects only the failing lines.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .. import schema
 
 @dataclass(frozen=True)
 class SourceContext:
-    """Where a batch of lines comes from: the provenance columns of every row."""
+    """The origin of a batch of lines: the provenance columns of every row."""
 
     host: str
     source: str

@@ -85,7 +85,7 @@ MAX_BOUNCE_CACHE_ENTRIES = 10_000
 
 
 class QueueJoin:
-    """What the stateful MTA parsers share: ids from a message's keys, eviction of stale
+    """The shared part of the stateful MTA parsers: ids from a message's keys, eviction of stale
     entries, cached bounce classification and the event table.
 
     A subclass sets STATE_NAME and KEY_NOUN for its log messages and keeps in self._queue one
@@ -532,7 +532,7 @@ def _match_ids(regex: re.Pattern[str] | None, value: str | None) -> list[str | N
     groups = match.groupdict()
     ids = [groups.get("delivery_id") or None, groups.get("recipient_id") or None,
            groups.get("link_id") or None]
-    # Message-IDs and envelope senders come from whoever submitted the mail: an id that could
+    # Message-IDs and envelope senders come from the client that submitted the mail: an id that could
     # not be a real one ("../x", markup) is not used, and the event stays unattributed.
     if any(value is not None and not VALID_ID.match(value) for value in ids):
         return None
@@ -609,7 +609,7 @@ def _domain_of(address: str | None) -> str | None:
 
 
 def _recipient_key(address: str | None) -> str:
-    # The state keeps a digest, not the address, so that a snapshot holds no recipient address.
+    # The state keeps a digest, not the address, so that a snapshot contains no recipient address.
     return hashlib.blake2b((address or "").lower().encode(), digest_size=8).hexdigest()
 
 
