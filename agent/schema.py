@@ -68,6 +68,10 @@ EVENT_SCHEMA = pa.schema(
         pa.field("vhost", pa.string()),
         pa.field("response_bytes", pa.int64()),
         pa.field("response_time_us", pa.int64()),
+        # What made the request line unlike a mail client's or browser's: no_protocol (HTTP/0.9
+        # style), unknown_protocol, absolute_form, raw_bytes (unescaped non-ASCII). Null when
+        # nothing did. The reporter classifies such hits as machine traffic.
+        pa.field("request_anomaly", pa.string()),
         # MTA logs
         pa.field("queue_id", pa.string()),
         pa.field("message_id", pa.string()),

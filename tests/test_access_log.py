@@ -315,3 +315,22 @@ def test_no_line_crashes_the_parser(lines):
     buffer = io.BytesIO()
     pq.write_table(result.events, buffer)
     assert pq.read_table(io.BytesIO(buffer.getvalue())).equals(result.events)
+
+
+@pytest.mark.parametrize(
+    ("request_line", "anomaly"),
+    [
+        # Request lines of the corpus's protocol oddities, as Apache logged them.
+        ("GET /o/7d81d5.2ace6.gif", "no_protocol"),
+        ("GET /o/7d81d5.2ace6.gif HTTP/9.9", "unknown_protocol"),
+        ("GET http://t.mailer.example.com/o/7d81d5.2ace6.gif HTTP/1.1", "absolute_form"),
+        (r"GET /o/7d81d5.2ace6.gif?x=\xc3\xbc HTTP/1.1", "raw_bytes"),
+        ("GET /o/7d81d5.2ace6.gif?x=%C3%BC HTTP/1.1", None),
+        ("GET /o/7d81d5.2ace6.gif HTTP/1.0", None),
+        ("GET /o/7d81d5.2ace6.gif HTTP/2.0", None),
+    ],
+)
+def test_request_anomaly_is_recorded(request_line, anomaly):
+    rows = parse([line(request_line)]).events.to_pylist()
+
+    assert [(row["event_type"], row["request_anomaly"]) for row in rows] == [("open", anomaly)]

@@ -25,7 +25,14 @@ from .base import LineBatch, ParseResult, SourceContext, build_events, build_rej
 log = logging.getLogger(__name__)
 
 # Method, target and optional protocol; HTTP/0.9-style request lines have no protocol.
-REQUEST_LINE = r"^(?P<method>[A-Z][A-Z0-9_-]{0,19}) (?P<target>[^ ]+)(?: HTTP/[0-9]+\.[0-9]+)?$"
+REQUEST_LINE = (r"^(?P<method>[A-Z][A-Z0-9_-]{0,19}) (?P<target>[^ ]+)"
+                r"(?: (?P<protocol>HTTP/[0-9]+\.[0-9]+))?$")
+# Protocols that mail clients, image proxies and browsers send.
+CLIENT_PROTOCOLS = ("HTTP/1.0", "HTTP/1.1", "HTTP/2.0", "HTTP/3.0")
+ABSOLUTE_FORM = r"^[A-Za-z][A-Za-z0-9+.-]*://"
+# httpd logs bytes outside printable ASCII as \xhh, which the parser has decoded by the time
+# this applies: a client that sent them did not percent-encode its request target.
+RAW_BYTES = r"[^\x21-\x7E]"
 # Targets that normalise_target() may change: absolute form, percent escapes, empty or dot
 # segments.
 NEEDS_NORMALISING = r"^[A-Za-z][A-Za-z0-9+.-]*://|%|//|/\.\.?(?:/|\?|$)"
@@ -89,7 +96,8 @@ class AccessLogParser:
         ok = np.asarray(pc.and_(pc.greater_equal(status, 200), pc.less(status, 400)).fill_null(False))
         counters["not_successful"] = int((~ok).sum())
 
-        method, target = _method_and_target(selected)
+        method, target, protocol = _method_and_target(selected)
+        anomaly = _request_anomaly(target, protocol)
         target = _normalise_targets(target)
         # Method masks stay in Arrow: turning the method column into Python strings would cost
         # more than the routing itself.
@@ -115,9 +123,10 @@ class AccessLogParser:
             pieces.append(_routed_rows(route, extracted.filter(pa.array(hit)), cand_idx[hit]))
         counters["not_routed"] = int((ok & (chosen_route < 0)).sum())
 
-        return self._events(rows, pieces, selected, method, times, ctx, batch, counters)
+        return self._events(rows, pieces, selected, (method, anomaly), times, ctx, batch, counters)
 
-    def _events(self, rows, pieces, selected, method, times, ctx, batch, counters):
+    def _events(self, rows, pieces, selected, request, times, ctx, batch, counters):
+        method, anomaly = request
         token_rejects = [(int(rows[p]), reason) for piece in pieces
                          for p, reason in zip(piece.rejected, piece.reasons, strict=True)]
         if not pieces:
@@ -134,6 +143,8 @@ class AccessLogParser:
             "event_time": times.take(pa.array(line_rows)),
             "http_method": method.take(keep),
         }
+        if anomaly is not None:
+            columns["request_anomaly"] = anomaly.take(keep)
         for name in ("event_type", *ID_FIELDS, "url"):
             columns[name] = pa.concat_arrays([piece.columns[name] for piece in pieces]).take(order)
         for name in ("status", "client_ip", "user_agent", "referer", "forwarded_for", "vhost",
@@ -379,18 +390,40 @@ def _parse_distinct_times(column: pa.Array, time_format: str | None) -> pa.Array
     return pc.strptime(column, format=time_format, unit="us", error_is_null=True)
 
 
-def _method_and_target(selected: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array]:
+def _method_and_target(selected: dict[str, pa.Array]) -> tuple[pa.Array, pa.Array, pa.Array | None]:
+    """Return the method, the request target and the protocol (None when the format has no %r)."""
     if "request" in selected:
         request = _unescape_quoted(selected["request"])
         parts = pc.extract_regex(request, REQUEST_LINE)
         valid = parts.is_valid()
-        method = pc.if_else(valid, parts.field("method"), pa.scalar(None, pa.string()))
-        target = pc.if_else(valid, parts.field("target"), pa.scalar(None, pa.string()))
-        return method, target
+        nothing = pa.scalar(None, pa.string())
+        method = pc.if_else(valid, parts.field("method"), nothing)
+        target = pc.if_else(valid, parts.field("target"), nothing)
+        # extract_regex gives an unmatched optional group as "", which is what HTTP/0.9 logs.
+        protocol = pc.if_else(valid, parts.field("protocol"), nothing)
+        return method, target, protocol
     path = selected["path"]
     query = selected.get("query")
     target = pc.binary_join_element_wise(path, query, "") if query is not None else path
-    return selected.get("method", pa.nulls(len(path), pa.string())), target
+    return selected.get("method", pa.nulls(len(path), pa.string())), target, None
+
+
+def _request_anomaly(target: pa.Array, protocol: pa.Array | None) -> pa.Array | None:
+    """Name what makes each request line unlike a mail client's, or null.
+
+    The first that applies wins: no_protocol, unknown_protocol, absolute_form, raw_bytes.
+    """
+    if protocol is None:
+        return None
+    nothing = pa.scalar(None, pa.string())
+    anomaly = pc.if_else(pc.match_substring_regex(target, RAW_BYTES).fill_null(False),
+                         pa.scalar("raw_bytes"), nothing)
+    anomaly = pc.if_else(pc.match_substring_regex(target, ABSOLUTE_FORM).fill_null(False),
+                         pa.scalar("absolute_form"), anomaly)
+    known = pc.is_in(protocol, value_set=pa.array(CLIENT_PROTOCOLS)).fill_null(True)
+    anomaly = pc.if_else(known, anomaly, pa.scalar("unknown_protocol"))
+    missing = pc.equal(protocol, "").fill_null(False)
+    return pc.if_else(missing, pa.scalar("no_protocol"), anomaly)
 
 
 def normalise_target(target: str) -> str:
