@@ -26,9 +26,11 @@ from clicktrail.agent.schema import SAFE_ID
 from . import metrics as m
 from .catalog import DeliveryCatalog, load_catalog
 from .charts import time_charts
+from .classify import classify_events
 from .errors import LockedError, OutputError, ReporterError, StoreError
 from .period import ReportPeriod, make_period
 from .render import make_environment, render_html, write_pdf
+from .sections import Section, SectionInput, registered_sections
 from .store import Store, events_dataset, open_store, rejects_dataset
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: st
         log.info("published %d delivery reports in %s", len(reports), target)
 
         result = NightlyResult(report_dir=target, index_path=target / INDEX_FILE,
-                               reports=[report for report, _catalog, _charts in reports],
+                               reports=[computed.report for computed in reports],
                                report_date=period.report_date)
         if on_published is not None:
             on_published(result)
@@ -121,7 +123,13 @@ def report_file_stem(delivery_id: str) -> str:
     return f"delivery.id-{digest}"
 
 
-ComputedReport = tuple[DeliveryReport, DeliveryCatalog, list]
+@dataclass(frozen=True)
+class ComputedReport:
+    report: DeliveryReport
+    catalog: DeliveryCatalog
+    charts: list
+    # (section, the context its template receives as `data`), in registry order
+    sections: list[tuple[Section, object]]
 
 
 def _compute(store: Store, period: ReportPeriod, scratch: Path,
@@ -142,7 +150,11 @@ def _compute(store: Store, period: ReportPeriod, scratch: Path,
 
         duplicates = m.load_events(con, active, period)
         m.set_link_types(con, catalogs)
+        classify_events(con)
         figures = m.compute_metrics(con, catalogs, duplicates)
+        section_input = SectionInput(con=con, catalogs=catalogs, period=period, store=store)
+        section_data = [(section, section.compute(section_input))
+                        for section in registered_sections()]
         quality = DataQuality(rejects=m.count_rejects(con, rejects, period),
                               unattributed=m.count_unattributed(con, period))
     except (duckdb.Error, pa.ArrowException, OSError) as exc:
@@ -164,7 +176,8 @@ def _compute(store: Store, period: ReportPeriod, scratch: Path,
             owners=catalog.owners,
         )
         charts = time_charts(report.metrics, period.timezone, catalog.sent_at)
-        reports.append((report, catalog, charts))
+        sections = [(section, data.get(delivery_id)) for section, data in section_data]
+        reports.append(ComputedReport(report, catalog, charts, sections))
     return reports, quality
 
 
@@ -176,16 +189,18 @@ def _stage_outputs(output_root: Path, period: ReportPeriod, reports: list[Comput
     staging = Path(tempfile.mkdtemp(prefix=f".{period.report_date.isoformat()}.tmp-",
                                     dir=output_root))
     try:
-        for number, (report, catalog, charts) in enumerate(reports, start=1):
+        for number, computed in enumerate(reports, start=1):
+            report = computed.report
             context = {**common, "delivery_id": report.delivery_id, "title": report.title,
-                       "catalog": catalog, "metrics": report.metrics, "charts": charts}
+                       "catalog": computed.catalog, "metrics": report.metrics,
+                       "charts": computed.charts, "sections": computed.sections}
             html = render_html(env, "delivery.html.j2", context)
             (staging / report.html_name).write_text(html, encoding="utf-8")
             write_pdf(html, staging / report.pdf_name)
             log.info("rendered delivery %r (%d of %d)", report.delivery_id, number, len(reports))
 
         index = render_html(env, "index.html.j2",
-                            {**common, "reports": [r for r, _c, _ch in reports]})
+                            {**common, "reports": [r.report for r in reports]})
         (staging / INDEX_FILE).write_text(index, encoding="utf-8")
         # mkdtemp creates the directory 0700; the reports are meant to be served and shared.
         staging.chmod(0o755)
