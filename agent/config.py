@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from . import routes as routes_module
 from .schema import SAFE_NAME
 
@@ -92,11 +95,57 @@ class SourceConfig:
 
 
 @dataclass(frozen=True)
+class UserAgentRule:
+    """A [[report.classification.user_agent]] rule: hits whose user agent matches are `kind`."""
+
+    name: str
+    # An RE2 regular expression, searched (not anchored) in the user agent.
+    pattern: str
+    # proxy (image-proxy opens), prefetch (machine opens) or scanner (machine opens and clicks)
+    kind: str
+
+
+# User agents that identify machines by themselves. Sources: REFERENCE.md section 3 (Gmail and
+# Yahoo image proxies, Apple Mail Privacy Protection's bare user agent, security gateways,
+# headless browsers and HTTP libraries).
+DEFAULT_USER_AGENT_RULES = (
+    UserAgentRule("gmail_image_proxy", r"GoogleImageProxy", "proxy"),
+    UserAgentRule("yahoo_mail_proxy", r"YahooMailProxy", "proxy"),
+    UserAgentRule("bare_mozilla", r"^Mozilla/5\.0$", "prefetch"),
+    UserAgentRule("headless_browser", r"(?i)headless|phantomjs", "scanner"),
+    UserAgentRule("http_library", r"(?i)^(python-requests|python-urllib|go-http-client|java/|"
+                  r"okhttp|libwww-perl|apache-httpclient|axios|node-fetch|aiohttp|wget)", "scanner"),
+    UserAgentRule("security_gateway", r"(?i)barracuda|mimecast|proofpoint|safelinks|"
+                  r"safe links|ironport|forcepoint|trendmicro|trend micro|zscaler", "scanner"),
+    UserAgentRule("crawler", r"(?i)bot/|crawler|spider", "scanner"),
+)
+USER_AGENT_RULE_KINDS = ("proxy", "prefetch", "scanner")
+
+
+@dataclass(frozen=True)
+class ClassificationConfig:
+    """[report.classification]: the rules that class opens and clicks (docs/glossary.md)."""
+
+    # Names of [agent] ip_ranges entries, as the agent stores them in client_network.
+    proxy_networks: tuple[str, ...] = ("gmail_image_proxy", "yahoo_mail_proxy")
+    prefetch_networks: tuple[str, ...] = ("apple_mpp",)
+    scanner_networks: tuple[str, ...] = ("scanners",)
+    user_agent_rules: tuple[UserAgentRule, ...] = DEFAULT_USER_AGENT_RULES
+    head_clicks: bool = True
+    # Timing rules, measured from the delivery to the recipient; 0 turns a rule off.
+    click_window_s: float = 10.0
+    burst_window_s: float = 2.0
+    burst_links: int = 3
+    prefetch_window_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     timezone: str = "UTC"
     output_dir: str = "reports"
     lookback_days: int = 30
     max_memory_bytes: int = 4 * 1024 * MIB
+    classification: ClassificationConfig = ClassificationConfig()
 
 
 @dataclass(frozen=True)
@@ -545,7 +594,7 @@ def _access_log_source(reader: _Reader, table: dict[str, Any], prefix: str, name
 def _report(reader: _Reader, table: Any) -> ReportConfig:
     table = reader.table(table, "report")
     reader.only_keys(table, "report", ("timezone", "output_dir", "lookback_days",
-                                       "max_memory_bytes"))
+                                       "max_memory_bytes", "classification"))
     output_dir = reader.string(table, "report", "output_dir", "reports")
     assert output_dir is not None
     return ReportConfig(
@@ -554,7 +603,78 @@ def _report(reader: _Reader, table: Any) -> ReportConfig:
         lookback_days=reader.number(table, "report", "lookback_days", 30, minimum=1, maximum=3660),
         max_memory_bytes=reader.number(table, "report", "max_memory_bytes", 4 * 1024 * MIB,
                                        minimum=128 * MIB, maximum=1024 * 1024 * MIB),
+        classification=_classification(reader, table.get("classification", {})),
     )
+
+
+def _classification(reader: _Reader, table: Any) -> ClassificationConfig:
+    prefix = "report.classification"
+    table = reader.table(table, prefix)
+    reader.only_keys(table, prefix, ("proxy_networks", "prefetch_networks", "scanner_networks",
+                                     "user_agent", "disable_user_agent_rules", "head_clicks",
+                                     "click_window_s", "burst_window_s", "burst_links",
+                                     "prefetch_window_s"))
+    defaults = ClassificationConfig()
+    disabled = reader.string_list(table, prefix, "disable_user_agent_rules")
+    known = {rule.name for rule in DEFAULT_USER_AGENT_RULES}
+    for name in disabled:
+        if name not in known:
+            raise reader.fail(f"{prefix}.disable_user_agent_rules", f"unknown rule {name!r}; "
+                              f"expected one of: {', '.join(sorted(known))}")
+    rules = [rule for rule in DEFAULT_USER_AGENT_RULES if rule.name not in disabled]
+    extra = table.get("user_agent", [])
+    if not isinstance(extra, list):
+        raise reader.fail(f"{prefix}.user_agent", "expected [[report.classification.user_agent]] "
+                          "tables with name, pattern and kind")
+    for index, entry in enumerate(extra):
+        rules.append(_user_agent_rule(reader, entry, f"{prefix}.user_agent[{index}]"))
+    names = [rule.name for rule in rules]
+    if len(set(names)) != len(names):
+        raise reader.fail(f"{prefix}.user_agent", "rule names must be unique; rename the rule "
+                          "or list the built-in one in disable_user_agent_rules")
+
+    head_clicks = table.get("head_clicks", defaults.head_clicks)
+    if not isinstance(head_clicks, bool):
+        raise reader.fail(f"{prefix}.head_clicks", f"expected true or false, got {head_clicks!r}")
+
+    def seconds(name: str, default: float) -> float:
+        return float(reader.number(table, prefix, name, default, minimum=0, maximum=86400,
+                                   integer=False))
+
+    return ClassificationConfig(
+        proxy_networks=reader.string_list(table, prefix, "proxy_networks", defaults.proxy_networks),
+        prefetch_networks=reader.string_list(table, prefix, "prefetch_networks",
+                                             defaults.prefetch_networks),
+        scanner_networks=reader.string_list(table, prefix, "scanner_networks",
+                                            defaults.scanner_networks),
+        user_agent_rules=tuple(rules),
+        head_clicks=head_clicks,
+        click_window_s=seconds("click_window_s", defaults.click_window_s),
+        burst_window_s=seconds("burst_window_s", defaults.burst_window_s),
+        burst_links=reader.number(table, prefix, "burst_links", defaults.burst_links,
+                                  minimum=0, maximum=1000),
+        prefetch_window_s=seconds("prefetch_window_s", defaults.prefetch_window_s),
+    )
+
+
+def _user_agent_rule(reader: _Reader, entry: Any, key: str) -> UserAgentRule:
+    entry = reader.table(entry, key)
+    reader.only_keys(entry, key, ("name", "pattern", "kind"))
+    name = reader.string(entry, key, "name", required=True)
+    assert name is not None
+    if not SAFE_NAME.match(name):
+        raise reader.fail(f"{key}.name", "invalid rule name; expected 1-64 characters of "
+                          "letters, digits, '_', '.' or '-'")
+    kind = reader.string(entry, key, "kind", required=True, choices=USER_AGENT_RULE_KINDS)
+    pattern = reader.string(entry, key, "pattern", required=True)
+    assert kind is not None and pattern is not None
+    # The reporter runs the pattern in DuckDB, whose engine is RE2 (as pyarrow's): check it there.
+    try:
+        pc.match_substring_regex(pa.array([""]), pattern)
+    except pa.ArrowInvalid as exc:
+        raise reader.fail(f"{key}.pattern", f"invalid RE2 regular expression {pattern!r}: {exc}; "
+                          "RE2 has no look-around or back-references") from None
+    return UserAgentRule(name, pattern, kind)
 
 
 def _email(reader: _Reader, table: Any) -> EmailConfig | None:

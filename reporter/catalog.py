@@ -47,6 +47,9 @@ class DeliveryCatalog:
     sent_at: datetime | None = None
     owners: tuple[str, ...] = ()
     links: dict[str, CatalogLink] = field(default_factory=dict)
+    # Messages sent as text only (no HTML part, so no open pixel): the estimated opens scale
+    # the measured opens up to them, as Adobe Campaign's indicator does.
+    text_only_messages: int = 0
 
     def link_type(self, link_id: str | None) -> str | None:
         link = self.links.get(link_id or "")
@@ -85,6 +88,11 @@ def parse_catalog(delivery_id: str, raw: bytes) -> DeliveryCatalog:
     if not isinstance(owners, list) or not all(isinstance(o, str) for o in owners):
         raise ValueError("owners must be a list of strings")
 
+    text_only = data.get("text_only_messages", 0)
+    if isinstance(text_only, bool) or not isinstance(text_only, int) or text_only < 0:
+        raise ValueError(f"text_only_messages must be a count (an integer 0 or more), "
+                         f"got {text_only!r}")
+
     return DeliveryCatalog(
         delivery_id=delivery_id,
         found=True,
@@ -93,6 +101,7 @@ def parse_catalog(delivery_id: str, raw: bytes) -> DeliveryCatalog:
         sent_at=_parse_time(data.get("sent_at")),
         owners=tuple(owners),
         links=_parse_links(data.get("links", [])),
+        text_only_messages=text_only,
     )
 
 

@@ -95,6 +95,7 @@ def nightly(config_path: str, report_date: datetime | None, send_email: bool,
             store_region=config.store.region,
             on_published=on_published,
             max_memory_bytes=config.report.max_memory_bytes,
+            classification=config.report.classification,
         )
     except ReporterError as exc:
         raise click.ClickException(str(exc)) from exc

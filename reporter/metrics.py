@@ -18,15 +18,17 @@ from dataclasses import dataclass, field
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+from clicktrail.agent.config import ClassificationConfig
 
 from .catalog import LINK_TYPES_NOT_CLICKS, DeliveryCatalog
+from .classify import class_counts, classify_events, flagged_per_rule
+from .engagement import Engagement
+from .mta_figures import MTA_EVENT_TYPES, BounceRow, DiagnosticRow, DomainRow, add_mta_breakdowns
 from .period import ReportPeriod
+from .rates import Rate
+from .sections import HUMAN_CLASSES_SQL
 
-MTA_EVENT_TYPES = ("sent", "deferred", "bounced", "expired", "rejected")
 MICROSECONDS_PER_HOUR = 3_600_000_000
-# Rows of the by-domain table that name one domain. The other domains share one "others" row.
-MAX_DOMAIN_ROWS = 10
-MAX_DIAGNOSTIC_ROWS = 10
 
 ACTIVE_DELIVERIES_SQL = """
 SELECT DISTINCT delivery_id
@@ -44,7 +46,8 @@ ORDER BY delivery_id
 LOAD_EVENTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE events AS
 SELECT event_id, event_time, event_type, delivery_id, recipient_id, link_id, url,
-       upper(http_method) AS http_method, user_agent, bounce_type, bounce_reason,
+       upper(http_method) AS http_method, user_agent, client_ip, client_network,
+       request_anomaly, bounce_type, bounce_reason,
        recipient_domain, diagnostic, diagnostic_group,
        -- One message to one recipient address: the unit of the MTA figures. Recipient ids
        -- cannot serve, because a message to a seed list gives all its addresses one id.
@@ -68,11 +71,12 @@ WHERE event_date <= $last_utc_date
 GROUP BY delivery_id
 """
 
-# The figure each event counts towards. Clicks on links that the catalog types as unsubscribe
-# or mirror links are page views, not clicks (Adobe Campaign excludes opt-out and mirror-page
-# URLs from clicks). Only a POST unsubscribes: RFC 8058 one-click or a form confirmation,
+# The figure each event counts towards, and the class of opens and clicks (classify.py). Clicks
+# on links that the catalog types as unsubscribe or mirror links are page views, not clicks
+# (Adobe Campaign excludes opt-out and mirror-page URLs from clicks); a click on an unsubscribe
+# link is an opt-out click. Only a POST unsubscribes: RFC 8058 one-click or a form confirmation,
 # because scanners and previews fetch unsubscribe URLs with GET and HEAD.
-FIGURE_EVENTS_SQL = """
+FIGURE_EVENTS_SQL = f"""
 CREATE OR REPLACE TEMP VIEW figure_events AS
 SELECT e.*,
        l.type AS link_type,
@@ -86,11 +90,28 @@ SELECT e.*,
            THEN 'unsubscribe_view'
          WHEN e.event_type = 'mirror' THEN 'mirror_view'
          ELSE e.event_type
-       END AS figure
+       END AS figure,
+       c.class,
+       -- Events that human-only figures keep: every open or click not classed as a machine.
+       coalesce(c.class IN {HUMAN_CLASSES_SQL}, e.event_type NOT IN ('open', 'click')) AS human
 FROM events AS e
 LEFT JOIN link_types AS l
   ON l.delivery_id = e.delivery_id AND l.link_id = e.link_id
+LEFT JOIN event_classes AS c USING (event_id)
 """
+
+# Engagement figures, raw and human-only. A person is approximated by (recipient, client
+# network, user agent), since tracking logs carry no cookie: "person clicks" and the forwards
+# derived from them are estimates (docs/glossary.md).
+_ENGAGEMENT = """
+  count(*) FILTER (figure = 'open' {human} {not_proxy}) {proxy_once} AS {prefix}opens,
+  count(DISTINCT recipient_id) FILTER (figure = 'open' {human}) AS {prefix}unique_opens,
+  count(DISTINCT recipient_id) FILTER (event_type IN ('open', 'click') {human})
+    AS {prefix}opens_including_clicks,
+  count(*) FILTER (figure = 'click' {human}) AS {prefix}clicks,
+  count(DISTINCT recipient_id) FILTER (figure = 'click' {human}) AS {prefix}unique_clickers,
+  count(DISTINCT (recipient_id, client_ip, user_agent)) FILTER (figure = 'click' {human})
+    AS {prefix}person_clicks,"""
 
 DELIVERY_FIGURES_SQL = f"""
 SELECT delivery_id,
@@ -106,11 +127,12 @@ SELECT delivery_id,
     AS ignored_bounces,
   count(DISTINCT message_recipient) FILTER (event_type = 'rejected') AS rejected,
   count(DISTINCT recipient_id) FILTER (event_type = 'complaint') AS complaints,
-  count(*) FILTER (figure = 'open') AS opens,
-  count(DISTINCT recipient_id) FILTER (figure = 'open') AS unique_opens,
-  count(DISTINCT recipient_id) FILTER (event_type IN ('open', 'click')) AS opens_including_clicks,
-  count(*) FILTER (figure = 'click') AS clicks,
-  count(DISTINCT recipient_id) FILTER (figure = 'click') AS unique_clickers,
+  {_ENGAGEMENT.format(prefix="", human="", not_proxy="", proxy_once="")}
+  -- An image proxy fetches the pixel when the message is opened and caches it: its hits count
+  -- as one open per recipient in the human-only figures.
+  {_ENGAGEMENT.format(
+      prefix="human_", human="AND human", not_proxy="AND class <> 'proxy_open'",
+      proxy_once="+ count(DISTINCT recipient_id) FILTER (figure = 'open' AND class = 'proxy_open')")}
   count(DISTINCT recipient_id) FILTER (figure = 'unsubscription') AS unsubscriptions,
   count(*) FILTER (figure = 'unsubscribe_view') AS unsubscribe_page_views,
   count(*) FILTER (figure = 'mirror_view') AS mirror_page_views,
@@ -135,133 +157,6 @@ FROM (
 )
 WHERE event_type = 'deferred'
 GROUP BY delivery_id
-"""
-
-BOUNCE_REASONS_SQL = """
-SELECT delivery_id,
-       CASE WHEN event_type = 'expired' THEN 'soft' ELSE coalesce(bounce_type, 'unknown') END
-         AS bounce_type,
-       coalesce(bounce_reason, CASE WHEN event_type = 'expired' THEN 'expired' ELSE 'other' END)
-         AS bounce_reason,
-       count(DISTINCT message_recipient) AS recipients
-FROM events
-WHERE event_type IN ('bounced', 'expired')
-GROUP BY ALL
-ORDER BY delivery_id, bounce_type, recipients DESC, bounce_reason
-"""
-
-# One row per recipient domain of the delivery. The MAX_DOMAIN_ROWS domains with the most
-# processed message recipients get their own rows, with ties in name order. One "others" row
-# sums the rest, and one "unknown" row takes MTA events without a domain and the recipients
-# without MTA events.
-# A message recipient is one address, so it has one domain. Tracking events carry no domain, so
-# a recipient id takes the domains of all its MTA events. It counts at most once per row and
-# figure: a seed list's id counts once under each of its domains, and once in "others".
-DOMAIN_FIGURES_SQL = f"""
-WITH mta AS (
-  SELECT delivery_id, recipient_id, recipient_domain AS domain, message_recipient,
-         event_type, bounce_type
-  FROM events
-  WHERE event_type IN {MTA_EVENT_TYPES!r}
-),
-ranks AS (
-  SELECT delivery_id, domain,
-         row_number() OVER (
-             PARTITION BY delivery_id
-             ORDER BY count(DISTINCT message_recipient) DESC, domain) AS domain_rank
-  FROM mta
-  WHERE domain IS NOT NULL
-  GROUP BY delivery_id, domain
-),
-labelled AS (
-  SELECT mta.*,
-         CASE WHEN ranks.domain_rank IS NULL THEN 'unknown'
-              WHEN ranks.domain_rank <= $max_domain_rows THEN 'domain'
-              ELSE 'others'
-         END AS row_kind,
-         CASE WHEN ranks.domain_rank <= $max_domain_rows THEN mta.domain END AS row_domain
-  FROM mta
-  LEFT JOIN ranks USING (delivery_id, domain)
-),
-mta_figures AS (
-  SELECT delivery_id, row_kind, row_domain,
-    count(DISTINCT domain) AS domains,
-    count(DISTINCT message_recipient) AS processed,
-    count(DISTINCT message_recipient) FILTER (event_type = 'sent') AS delivered,
-    count(DISTINCT message_recipient) FILTER (event_type = 'bounced' AND bounce_type = 'hard')
-      AS hard_bounces,
-    count(DISTINCT message_recipient) FILTER (
-      (event_type = 'bounced' AND bounce_type = 'soft') OR event_type = 'expired')
-      AS soft_bounces
-  FROM labelled
-  GROUP BY ALL
-),
-recipient_rows AS (
-  SELECT DISTINCT delivery_id, recipient_id, row_kind, row_domain
-  FROM labelled
-  WHERE recipient_id IS NOT NULL
-),
--- The same recipients as the delivery's "opens including clicks" and "unique clickers".
-engaged AS (
-  SELECT delivery_id, recipient_id, bool_or(figure = 'click') AS clicked
-  FROM figure_events
-  WHERE event_type IN ('open', 'click') AND recipient_id IS NOT NULL
-  GROUP BY ALL
-),
-engagement_figures AS (
-  SELECT engaged.delivery_id,
-         coalesce(recipient_rows.row_kind, 'unknown') AS row_kind,
-         recipient_rows.row_domain,
-         count(*) AS opens_including_clicks,
-         count(*) FILTER (engaged.clicked) AS unique_clickers
-  FROM engaged
-  LEFT JOIN recipient_rows USING (delivery_id, recipient_id)
-  GROUP BY ALL
-)
-SELECT coalesce(m.delivery_id, g.delivery_id) AS delivery_id,
-       coalesce(m.row_kind, g.row_kind) AS kind,
-       coalesce(m.row_domain, g.row_domain) AS domain,
-       coalesce(m.domains, 0) AS domains,
-       coalesce(m.processed, 0) AS processed,
-       coalesce(m.delivered, 0) AS delivered,
-       coalesce(m.hard_bounces, 0) AS hard_bounces,
-       coalesce(m.soft_bounces, 0) AS soft_bounces,
-       coalesce(g.opens_including_clicks, 0) AS opens_including_clicks,
-       coalesce(g.unique_clickers, 0) AS unique_clickers
-FROM mta_figures AS m
-FULL JOIN engagement_figures AS g
-  ON g.delivery_id = m.delivery_id
- AND g.row_kind = m.row_kind
- AND g.row_domain IS NOT DISTINCT FROM m.row_domain
-ORDER BY delivery_id, kind = 'unknown', kind = 'others', processed DESC, domain
-"""
-
-# The MAX_DIAGNOSTIC_ROWS most frequent diagnostics of failed and deferred attempts. The masked
-# form (diagnostic_group) groups one cause as one row. Events stored before that column existed
-# have it null, and fall back to the raw diagnostic, which groups only identical texts.
-# Types and reasons are labelled as in BOUNCE_REASONS_SQL.
-DIAGNOSTICS_SQL = """
-WITH diagnostics AS (
-  SELECT delivery_id, event_type,
-         CASE WHEN event_type = 'expired' THEN 'soft' ELSE coalesce(bounce_type, 'unknown') END
-           AS bounce_type,
-         coalesce(bounce_reason,
-                  CASE WHEN event_type = 'expired' THEN 'expired' ELSE 'other' END)
-           AS bounce_reason,
-         coalesce(diagnostic_group, diagnostic) AS diagnostic,
-         count(DISTINCT message_recipient) AS recipients
-  FROM events
-  WHERE event_type IN ('bounced', 'expired', 'deferred')
-  GROUP BY ALL
-)
-SELECT *
-FROM diagnostics
-QUALIFY row_number() OVER (
-    PARTITION BY delivery_id
-    ORDER BY recipients DESC, event_type, bounce_type, bounce_reason, diagnostic NULLS LAST)
-  <= $max_diagnostic_rows
-ORDER BY delivery_id, recipients DESC, event_type, bounce_type, bounce_reason,
-         diagnostic NULLS LAST
 """
 
 # mode() picks the URL seen most often for a link; ties go to the smallest value so that a
@@ -309,26 +204,6 @@ ORDER BY event_type
 
 
 @dataclass(frozen=True)
-class Rate:
-    """A ratio that keeps its parts; value is None when the denominator is 0."""
-
-    numerator: int
-    denominator: int
-
-    @property
-    def value(self) -> float | None:
-        if self.denominator == 0:
-            return None
-        return self.numerator / self.denominator
-
-    def percent(self, digits: int = 1) -> str:
-        value = self.value
-        if value is None:
-            return "n/a"
-        return f"{value * 100:.{digits}f} %"
-
-
-@dataclass(frozen=True)
 class LinkRow:
     link_id: str | None
     url: str | None
@@ -339,49 +214,6 @@ class LinkRow:
     # Share of the delivery's clicks; None for links whose hits are not clicks (unsubscribe,
     # mirror), which the share leaves out.
     share: Rate | None
-
-
-@dataclass(frozen=True)
-class BounceRow:
-    bounce_type: str
-    bounce_reason: str
-    recipients: int
-
-
-@dataclass(frozen=True)
-class DomainRow:
-    """One row of the by-domain table, with the figures that docs/glossary.md defines."""
-
-    # "domain" for one domain, "others" for the domains past MAX_DOMAIN_ROWS, "unknown" for
-    # MTA events without a domain and recipients without MTA events.
-    kind: str
-    domain: str | None
-    # Distinct domains counted in the row: 1 for a domain, 0 for "unknown".
-    domains: int
-    processed: int
-    delivered: int
-    hard_bounces: int
-    soft_bounces: int
-    opens_including_clicks: int
-    unique_clickers: int
-
-    @property
-    def bounces(self) -> int:
-        return self.hard_bounces + self.soft_bounces
-
-    @property
-    def bounce_rate(self) -> Rate:
-        return Rate(self.bounces, self.processed)
-
-
-@dataclass(frozen=True)
-class DiagnosticRow:
-    event_type: str
-    bounce_type: str
-    bounce_reason: str
-    # diagnostic_group, else the raw diagnostic. None when the event has neither.
-    diagnostic: str | None
-    recipients: int
 
 
 @dataclass
@@ -402,6 +234,14 @@ class DeliveryMetrics:
     opens_including_clicks: int = 0
     clicks: int = 0
     unique_clickers: int = 0
+    person_clicks: int = 0
+    human_opens: int = 0
+    human_unique_opens: int = 0
+    human_opens_including_clicks: int = 0
+    human_clicks: int = 0
+    human_unique_clickers: int = 0
+    human_person_clicks: int = 0
+    text_only_messages: int = 0
     unsubscriptions: int = 0
     unsubscribe_page_views: int = 0
     mirror_page_views: int = 0
@@ -415,6 +255,25 @@ class DeliveryMetrics:
     diagnostics: list[DiagnosticRow] = field(default_factory=list)
     # (figure, UTC hour since the epoch) -> events, for figure "open" or "click"
     hourly: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (event type, class) -> hits, and (reason, hits) per classification rule (classify.py)
+    classes: dict[tuple[str, str], int] = field(default_factory=dict)
+    flagged: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def raw(self) -> Engagement:
+        return Engagement("all", self.opens, self.unique_opens, self.opens_including_clicks,
+                          self.clicks, self.unique_clickers, self.person_clicks, self.delivered,
+                          self.text_only_messages)
+
+    @property
+    def human(self) -> Engagement:
+        return Engagement("human", self.human_opens, self.human_unique_opens,
+                          self.human_opens_including_clicks, self.human_clicks,
+                          self.human_unique_clickers, self.human_person_clicks, self.delivered,
+                          self.text_only_messages)
+
+    def class_hits(self, event_type: str, class_: str) -> int:
+        return self.classes.get((event_type, class_), 0)
 
     @property
     def has_mta_data(self) -> bool:
@@ -434,15 +293,15 @@ class DeliveryMetrics:
 
     @property
     def unique_open_rate(self) -> Rate:
-        return Rate(self.opens_including_clicks, self.delivered)
+        return self.raw.open_rate
 
     @property
     def click_through_rate(self) -> Rate:
-        return Rate(self.unique_clickers, self.delivered)
+        return self.raw.click_through_rate
 
     @property
     def reactivity(self) -> Rate:
-        return Rate(self.unique_clickers, self.opens_including_clicks)
+        return self.raw.reactivity
 
     @property
     def unsubscription_rate(self) -> Rate:
@@ -476,8 +335,22 @@ def load_events(con: duckdb.DuckDBPyConnection, delivery_ids: list[str],
             for delivery_id in delivery_ids}
 
 
+def prepare_events(con: duckdb.DuckDBPyConnection, delivery_ids: list[str], period: ReportPeriod,
+                   catalogs: dict[str, DeliveryCatalog],
+                   rules: ClassificationConfig) -> dict[str, int]:
+    """Create the tables every figure reads: events, link_types, event_classes, figure_events.
+
+    Returns the number of duplicate rows dropped per delivery.
+    """
+    duplicates = load_events(con, delivery_ids, period)
+    set_link_types(con, catalogs)
+    classify_events(con, rules, catalogs)
+    create_figure_view(con)
+    return duplicates
+
+
 def set_link_types(con: duckdb.DuckDBPyConnection, catalogs: dict[str, DeliveryCatalog]) -> None:
-    """Load the link types of the catalog entries and create the figure_events view."""
+    """Load the link types of the catalog entries into `link_types`."""
     rows = [(c.delivery_id, link.link_id, link.type)
             for c in catalogs.values() for link in c.links.values()]
     table = pa.table(
@@ -488,6 +361,10 @@ def set_link_types(con: duckdb.DuckDBPyConnection, catalogs: dict[str, DeliveryC
         }
     )
     con.register("link_types", table)
+
+
+def create_figure_view(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the view figure_events over events, link_types and event_classes."""
     con.execute(FIGURE_EVENTS_SQL)
 
 
@@ -505,22 +382,19 @@ def compute_metrics(con: duckdb.DuckDBPyConnection,
     for delivery_id, pending in con.execute(PENDING_SQL).fetchall():
         result[delivery_id].deferred_pending = pending
 
-    for delivery_id, bounce_type, reason, recipients in con.execute(BOUNCE_REASONS_SQL).fetchall():
-        result[delivery_id].bounces.append(BounceRow(bounce_type, reason, recipients))
-
     for delivery_id, figure, utc_hour, events in con.execute(HOURLY_SQL).fetchall():
         result[delivery_id].hourly[(figure, utc_hour)] = events
 
-    domain_rows = con.execute(DOMAIN_FIGURES_SQL, {"max_domain_rows": MAX_DOMAIN_ROWS})
-    for delivery_id, *domain_row in domain_rows.fetchall():
-        result[delivery_id].domains.append(DomainRow(*domain_row))
-
-    diagnostic_rows = con.execute(DIAGNOSTICS_SQL, {"max_diagnostic_rows": MAX_DIAGNOSTIC_ROWS})
-    for delivery_id, *diagnostic_row in diagnostic_rows.fetchall():
-        result[delivery_id].diagnostics.append(DiagnosticRow(*diagnostic_row))
+    add_mta_breakdowns(con, result)
 
     for delivery_id, metrics in result.items():
         metrics.duplicate_rows = duplicates.get(delivery_id, 0)
+        catalog = catalogs.get(delivery_id)
+        metrics.text_only_messages = catalog.text_only_messages if catalog else 0
+    for delivery_id, counts in class_counts(con).items():
+        result[delivery_id].classes = counts
+    for delivery_id, flagged in flagged_per_rule(con).items():
+        result[delivery_id].flagged = flagged
 
     _add_links(con, result, catalogs)
     return result

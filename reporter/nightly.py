@@ -21,12 +21,13 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+from clicktrail.agent.config import ClassificationConfig
 from clicktrail.agent.schema import SAFE_ID
 
 from . import metrics as m
 from .catalog import DeliveryCatalog, load_catalog
 from .charts import time_charts
-from .classify import classify_events
+from .classify import write_classified
 from .errors import LockedError, OutputError, ReporterError, StoreError
 from .period import ReportPeriod, make_period
 from .render import make_environment, render_html, write_pdf
@@ -76,7 +77,8 @@ def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: st
                 store_endpoint_override: str | None = None,
                 store_region: str | None = None,
                 on_published: Callable[[NightlyResult], object] | None = None,
-                max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES) -> NightlyResult:
+                max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+                classification: ClassificationConfig | None = None) -> NightlyResult:
     """Render the reports of every delivery with an event in the lookback period up to the
     end of report_date (default: yesterday in the report time zone) and publish them.
 
@@ -98,7 +100,8 @@ def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: st
     with _run_lock(output_root), _scratch_dir(output_root) as scratch:
         log.info("nightly run for %s: deliveries with events from %s to %s (%s)",
                  period.report_date, period.first_day, period.report_date, timezone)
-        reports, quality = _compute(store, period, scratch, max_memory_bytes)
+        reports, quality = _compute(store, period, scratch, max_memory_bytes,
+                                    classification or ClassificationConfig())
         staging = _stage_outputs(output_root, period, reports, quality)
         target = output_root / period.report_date.isoformat()
         _publish(staging, target)
@@ -132,8 +135,8 @@ class ComputedReport:
     sections: list[tuple[Section, object]]
 
 
-def _compute(store: Store, period: ReportPeriod, scratch: Path,
-             max_memory_bytes: int = 0) -> tuple[list[ComputedReport], DataQuality]:
+def _compute(store: Store, period: ReportPeriod, scratch: Path, max_memory_bytes: int,
+             classification: ClassificationConfig) -> tuple[list[ComputedReport], DataQuality]:
     events = events_dataset(store)
     rejects = rejects_dataset(store)
 
@@ -148,10 +151,9 @@ def _compute(store: Store, period: ReportPeriod, scratch: Path,
         log.info("%d deliveries with events in the period", len(active))
         catalogs = {delivery_id: load_catalog(store, delivery_id) for delivery_id in active}
 
-        duplicates = m.load_events(con, active, period)
-        m.set_link_types(con, catalogs)
-        classify_events(con)
+        duplicates = m.prepare_events(con, active, period, catalogs, classification)
         figures = m.compute_metrics(con, catalogs, duplicates)
+        write_classified(con, store, scratch, {d: report_file_stem(d) for d in active})
         section_input = SectionInput(con=con, catalogs=catalogs, period=period, store=store)
         section_data = [(section, section.compute(section_input))
                         for section in registered_sections()]

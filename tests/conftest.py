@@ -18,6 +18,7 @@ CASES = Path(__file__).resolve().parent / "cases"
 def demo_config_text(**paths: str) -> str:
     """Return the demo config with its paths replaced by absolute ones (keyword per key)."""
     text = (EXAMPLES / "clicktrail.toml").read_text()
+    text = text.replace('"ranges/', f'"{EXAMPLES / "ranges"}/')
     for key, value in paths.items():
         if key == "tracking_paths":
             text = text.replace('paths = ["logs/apache/tracking_rich.log*"]', f'paths = ["{value}"]')

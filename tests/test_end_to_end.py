@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections import Counter
 
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from clicktrail.agent.cli import main as agent_main
@@ -53,6 +55,14 @@ def figure(text: str, label: str) -> int:
     return int(re.sub(r"\D", "", match.group(1)))
 
 
+def figure_pair(text: str, label: str) -> tuple[int, int]:
+    """Read the "All hits" and "Human" counts after a label of the engagement table."""
+    number = r"(\d{1,3}(?:[ \u202f\u00a0]\d{3})*)"
+    match = re.search(rf"^{re.escape(label)}\s+{number}\s+{number}\b", text, re.M)
+    assert match, f"{label!r} with two counts not found"
+    return int(re.sub(r"\D", "", match.group(1))), int(re.sub(r"\D", "", match.group(2)))
+
+
 @pytest.mark.parametrize("delivery", ["bb08d0", "7d81d5"])
 def test_pdf_delivery_figures_match_ground_truth(demo_reports, delivery):
     text = pdf_text(demo_reports / f"delivery-{delivery}.pdf")
@@ -71,13 +81,31 @@ def test_pdf_engagement_figures_match_ground_truth(demo_reports, delivery):
     hits = EXPECTED["apache_rich"][delivery]
     unique = EXPECTED["apache_unique_rich"][delivery]
 
-    assert figure(text, "Opens") == hits["open"]
-    assert figure(text, "Unique opens") == unique["unique_openers"]
-    assert figure(text, "Opens including clicks") == unique["openers_or_clickers"]
-    assert figure(text, "Clicks") == hits["click"]
-    assert figure(text, "Unique clickers") == unique["unique_clickers"]
+    human = EXPECTED["apache_classes_rich"][delivery]
+    assert figure_pair(text, "Opens") == (hits["open"], human["human_opens"])
+    assert figure_pair(text, "Unique opens") == (unique["unique_openers"],
+                                                 human["human_unique_opens"])
+    assert figure_pair(text, "Opens including clicks") == (unique["openers_or_clickers"],
+                                                           human["human_opens_including_clicks"])
+    assert figure_pair(text, "Clicks") == (hits["click"], human["human_clicks"])
+    assert figure_pair(text, "Unique clickers") == (unique["unique_clickers"],
+                                                    human["human_unique_clickers"])
     assert figure(text, "Unsubscriptions") == unique["unsubscribers"]
     assert figure(text, "Mirror page views") == hits.get("mirror", 0)
+
+
+def test_classified_store_matches_ground_truth(demo_reports):
+    """Every open and click of the demo logs gets the class the corpus ground truth implies."""
+    store = demo_reports.parent.parent / "store"
+    table = pq.read_table(store / "classified", columns=["delivery_id", "event_type", "class"])
+    counts: Counter = Counter()
+    for row in table.to_pylist():
+        counts[(row["delivery_id"], f"{row['event_type']}/{row['class']}")] += 1
+
+    expected = {(delivery, key): hits
+                for delivery, figures in EXPECTED["apache_classes_rich"].items()
+                for key, hits in figures["classes"].items()}
+    assert dict(counts) == expected
 
 
 def test_pdf_shows_catalog_name_and_links(demo_reports):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from clicktrail.agent.config import ClassificationConfig
 from clicktrail.reporter import metrics as m
 from clicktrail.reporter.catalog import load_catalog, parse_catalog
 from clicktrail.reporter.period import make_period
@@ -42,8 +43,7 @@ def compute_store(store_dir: Path) -> dict:
     con = duckdb.connect()
     active = m.find_active_deliveries(con, events_dataset(store), period)
     catalogs = {delivery_id: load_catalog(store, delivery_id) for delivery_id in active}
-    duplicates = m.load_events(con, active, period)
-    m.set_link_types(con, catalogs)
+    duplicates = m.prepare_events(con, active, period, catalogs, ClassificationConfig())
     figures = m.compute_metrics(con, catalogs, duplicates)
     result = {
         "active": active,

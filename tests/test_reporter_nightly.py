@@ -65,7 +65,7 @@ def test_delivery_html_figures(published) -> None:
 
     assert "<h1>December newsletter</h1>" in html
     for expected in ("54.5 %", "83.3 %", "50.0 %", "60.0 %", "16.7 %", "75.0 %",
-                     "6 / 11 delivered / processed", "3 / 6 unique clickers / delivered",
+                     "6 / 11 delivered / processed", "unique clickers / delivered: 3 / 6 and 3 / 6",
                      "https://www.example.com/offer", "not a click"):
         assert expected in html, expected
 
