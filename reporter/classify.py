@@ -1,9 +1,10 @@
 """Classification of opens and clicks before any figure: who, or what, made each hit.
 
-Classes (docs/glossary.md): human, proxy_open (an image proxy fetched the pixel when the
-recipient opened the message: a real open, counted once), machine_prefetch (Apple Mail Privacy
-Protection and other fetches that no person asked for), scanner_click (security gateways and
-scripts following links), unknown (no user agent, and no rule ties the hit to a machine).
+docs/glossary.md defines the classes. In short: human; proxy_open, an image proxy fetching the
+pixel when the recipient opened the message (a real open, counted once); machine_prefetch, a
+fetch that no person asked for (Apple Mail Privacy Protection, scanners); scanner_click, a
+security gateway or script following a link; unknown, a hit without a user agent that no rule
+ties to a machine.
 
 Every rule that matches adds a reason, so an audit can see why; the class then comes from the
 strongest evidence:
@@ -35,7 +36,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("human", "proxy_open", "machine_prefetch", "scanner_click", "unknown")
 CLASSIFIED_DIR = "classified"
 MICROSECONDS = 1_000_000
 
@@ -130,20 +130,25 @@ evidence AS (
   FROM hits AS h
   LEFT JOIN bursts AS b USING (event_id)
 ),
+applicable AS (
+  -- Proxy and prefetch evidence says nothing about clicks: Apple's egress ranges also carry
+  -- iCloud Private Relay users clicking in Safari, and image proxies do not follow links.
+  SELECT event_id, event_type, delivery_id, user_agent, timing,
+         CASE WHEN event_type = 'click'
+              THEN list_filter(identity, lambda x: x LIKE 'scanner:%')
+              ELSE identity END AS identity
+  FROM evidence
+),
 decided AS (
   SELECT event_id, event_type, delivery_id, identity, timing,
-    -- Proxy rules say nothing about clicks, and prefetch rules nothing about clicks either:
-    -- Apple's egress ranges also carry iCloud Private Relay users clicking in Safari.
-    list_filter(identity, lambda x: x LIKE 'scanner:%'
-                               OR (event_type = 'open' AND x NOT LIKE 'proxy:%')) AS machine,
-    list_filter(identity, lambda x: event_type = 'open' AND x LIKE 'proxy:%') AS proxy,
-    list_filter(timing, lambda x: x LIKE 'scanner:%' OR event_type = 'open') AS machine_timing,
+    list_filter(identity, lambda x: x NOT LIKE 'proxy:%') AS machine,
+    list_filter(identity, lambda x: x LIKE 'proxy:%') AS proxy,
     user_agent IS NULL OR trim(user_agent) IN ('', '-') AS no_user_agent
-  FROM evidence
+  FROM applicable
 )
 SELECT event_id, delivery_id, event_type,
   CASE
-    WHEN len(machine) > 0 OR (len(proxy) = 0 AND len(machine_timing) > 0)
+    WHEN len(machine) > 0 OR (len(proxy) = 0 AND len(timing) > 0)
       THEN CASE WHEN event_type = 'click' THEN 'scanner_click' ELSE 'machine_prefetch' END
     WHEN len(proxy) > 0 THEN 'proxy_open'
     WHEN no_user_agent THEN 'unknown'
