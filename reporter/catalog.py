@@ -33,6 +33,8 @@ class CatalogLink:
     url: str | None
     label: str | None
     type: str
+    # A grouping the sender chose (product line, section of the email...), optional.
+    category: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ def _parse_links(items: object) -> dict[str, CatalogLink]:
             url=_optional_str(item, "url"),
             label=_optional_str(item, "label"),
             type=link_type,
+            category=_optional_str(item, "category"),
         )
     return links
 

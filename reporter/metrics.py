@@ -12,7 +12,6 @@ against one statement. DuckDB runs it over the pyarrow datasets of the store:
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import duckdb
@@ -20,9 +19,10 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from clicktrail.agent.config import ClassificationConfig
 
-from .catalog import LINK_TYPES_NOT_CLICKS, DeliveryCatalog
+from .catalog import DeliveryCatalog
 from .classify import class_counts, classify_events, flagged_per_rule
 from .engagement import Engagement
+from .links import LinkGroupRow, LinkRow, add_links
 from .mta_figures import MTA_EVENT_TYPES, BounceRow, DiagnosticRow, DomainRow, add_mta_breakdowns
 from .period import ReportPeriod
 from .rates import Rate
@@ -159,19 +159,6 @@ WHERE event_type = 'deferred'
 GROUP BY delivery_id
 """
 
-# mode() picks the URL seen most often for a link; ties go to the smallest value so that a
-# rerun shows the same one.
-LINK_CLICKS_SQL = """
-SELECT delivery_id, link_id, figure,
-       count(*) AS clicks,
-       count(DISTINCT recipient_id) AS unique_clickers,
-       min(url) FILTER (url IS NOT NULL) AS any_url,
-       mode(url) AS common_url
-FROM figure_events
-WHERE event_type = 'click'
-GROUP BY ALL
-"""
-
 HOURLY_SQL = f"""
 SELECT delivery_id, figure,
        epoch_us(event_time) // {MICROSECONDS_PER_HOUR} AS utc_hour,
@@ -201,19 +188,6 @@ WHERE event_date BETWEEN $first_utc_date AND $last_utc_date
 GROUP BY event_type
 ORDER BY event_type
 """
-
-
-@dataclass(frozen=True)
-class LinkRow:
-    link_id: str | None
-    url: str | None
-    label: str | None
-    link_type: str | None
-    clicks: int
-    unique_clickers: int
-    # Share of the delivery's clicks; None for links whose hits are not clicks (unsubscribe,
-    # mirror), which the share leaves out.
-    share: Rate | None
 
 
 @dataclass
@@ -250,6 +224,7 @@ class DeliveryMetrics:
     first_event_us: int | None = None
     last_event_us: int | None = None
     links: list[LinkRow] = field(default_factory=list)
+    link_groups: list[LinkGroupRow] = field(default_factory=list)
     bounces: list[BounceRow] = field(default_factory=list)
     domains: list[DomainRow] = field(default_factory=list)
     diagnostics: list[DiagnosticRow] = field(default_factory=list)
@@ -350,14 +325,16 @@ def prepare_events(con: duckdb.DuckDBPyConnection, delivery_ids: list[str], peri
 
 
 def set_link_types(con: duckdb.DuckDBPyConnection, catalogs: dict[str, DeliveryCatalog]) -> None:
-    """Load the link types of the catalog entries into `link_types`."""
-    rows = [(c.delivery_id, link.link_id, link.type)
-            for c in catalogs.values() for link in c.links.values()]
+    """Load the links of the catalog entries into `link_types` (with label, url and category)."""
+    links = [(c.delivery_id, link) for c in catalogs.values() for link in c.links.values()]
     table = pa.table(
         {
-            "delivery_id": pa.array([r[0] for r in rows], pa.string()),
-            "link_id": pa.array([r[1] for r in rows], pa.string()),
-            "type": pa.array([r[2] for r in rows], pa.string()),
+            "delivery_id": pa.array([d for d, _ in links], pa.string()),
+            "link_id": pa.array([link.link_id for _, link in links], pa.string()),
+            "type": pa.array([link.type for _, link in links], pa.string()),
+            "label": pa.array([link.label for _, link in links], pa.string()),
+            "url": pa.array([link.url for _, link in links], pa.string()),
+            "category": pa.array([link.category for _, link in links], pa.string()),
         }
     )
     con.register("link_types", table)
@@ -396,38 +373,8 @@ def compute_metrics(con: duckdb.DuckDBPyConnection,
     for delivery_id, flagged in flagged_per_rule(con).items():
         result[delivery_id].flagged = flagged
 
-    _add_links(con, result, catalogs)
+    add_links(con, result, catalogs)
     return result
-
-
-def _add_links(con: duckdb.DuckDBPyConnection, result: dict[str, DeliveryMetrics],
-               catalogs: dict[str, DeliveryCatalog]) -> None:
-    # Click counts per (delivery, link). The catalog adds its links without clicks, the URL and
-    # the label.
-    counts: dict[str, dict[str | None, tuple[int, int, str | None]]] = defaultdict(dict)
-    for delivery_id, link_id, _figure, clicks, unique, any_url, common_url in con.execute(
-            LINK_CLICKS_SQL).fetchall():
-        counts[delivery_id][link_id] = (clicks, unique, common_url or any_url)
-
-    for delivery_id, metrics in result.items():
-        catalog = catalogs.get(delivery_id)
-        catalog_links = catalog.links if catalog else {}
-        link_ids = list(catalog_links) + [k for k in counts[delivery_id] if k not in catalog_links]
-        for link_id in link_ids:
-            clicks, unique, seen_url = counts[delivery_id].get(link_id, (0, 0, None))
-            entry = catalog_links.get(link_id or "")
-            link_type = entry.type if entry else None
-            counted = link_type not in LINK_TYPES_NOT_CLICKS
-            metrics.links.append(LinkRow(
-                link_id=link_id,
-                url=(entry.url if entry and entry.url else seen_url),
-                label=entry.label if entry else None,
-                link_type=link_type,
-                clicks=clicks,
-                unique_clickers=unique,
-                share=Rate(clicks, metrics.clicks) if counted else None,
-            ))
-        metrics.links.sort(key=lambda link: (-link.clicks, link.link_id or ""))
 
 
 def count_rejects(con: duckdb.DuckDBPyConnection, rejects: ds.Dataset | None,
