@@ -48,8 +48,12 @@ def run_duckdb_alone(store: Path, scratch: Path, reader: str = "duckdb") -> dict
     """
     import duckdb
     import pyarrow as pa
+    from clicktrail.agent.config import ClassificationConfig
+    from clicktrail.reporter import classify, links
     from clicktrail.reporter import metrics as m
+    from clicktrail.reporter import mta_figures as mta
     from clicktrail.reporter.catalog import load_catalog
+    from clicktrail.reporter.classify import classify_events
     from clicktrail.reporter.period import make_period
     from clicktrail.reporter.store import events_dataset, open_store
 
@@ -82,15 +86,14 @@ def run_duckdb_alone(store: Path, scratch: Path, reader: str = "duckdb") -> dict
     timed("load with dedupe", m.LOAD_EVENTS_SQL, load_parameters)
     timed("raw rows", m.RAW_ROWS_SQL, load_parameters)
 
-    # The link types come from the catalog entries, as in the reporter.
+    # The link types come from the catalog entries, and the classification runs its SQL with
+    # the default rules, as in the reporter.
     catalog_store = open_store(str(store))
-    catalogs = [load_catalog(catalog_store, delivery_id) for delivery_id in active]
-    rows = [(c.delivery_id, link.link_id, link.type) for c in catalogs for link in c.links.values()]
-    con.register("link_types", pa.table({
-        "delivery_id": pa.array([r[0] for r in rows], pa.string()),
-        "link_id": pa.array([r[1] for r in rows], pa.string()),
-        "type": pa.array([r[2] for r in rows], pa.string()),
-    }))
+    catalogs = {delivery_id: load_catalog(catalog_store, delivery_id) for delivery_id in active}
+    m.set_link_types(con, catalogs)
+    begin = time.perf_counter()
+    classify_events(con, ClassificationConfig(), catalogs)
+    timings["classification"] = time.perf_counter() - begin
     con.execute(m.FIGURE_EVENTS_SQL)
 
     begin = time.perf_counter()
@@ -99,11 +102,14 @@ def run_duckdb_alone(store: Path, scratch: Path, reader: str = "duckdb") -> dict
     figures = {row[0]: dict(zip(columns, row, strict=True)) for row in cursor.fetchall()}
     timings["delivery figures"] = time.perf_counter() - begin
     timed("pending", m.PENDING_SQL)
-    timed("bounce reasons", m.BOUNCE_REASONS_SQL)
+    timed("bounce reasons", mta.BOUNCE_REASONS_SQL)
     timed("hourly", m.HOURLY_SQL)
-    timed("domains", m.DOMAIN_FIGURES_SQL, {"max_domain_rows": m.MAX_DOMAIN_ROWS})
-    timed("diagnostics", m.DIAGNOSTICS_SQL, {"max_diagnostic_rows": m.MAX_DIAGNOSTIC_ROWS})
-    timed("link clicks", m.LINK_CLICKS_SQL)
+    timed("domains", mta.DOMAIN_FIGURES_SQL, {"max_domain_rows": mta.MAX_DOMAIN_ROWS})
+    timed("diagnostics", mta.DIAGNOSTICS_SQL, {"max_diagnostic_rows": mta.MAX_DIAGNOSTIC_ROWS})
+    timed("link clicks", links.LINK_CLICKS_SQL)
+    timed("link groups", links.LINK_GROUPS_SQL, {"max_group_rows": links.MAX_GROUP_ROWS})
+    timed("class counts", classify.CLASS_COUNTS_SQL)
+    timed("flagged per rule", classify.FLAGGED_SQL)
     timed("unattributed", m.UNATTRIBUTED_SQL, parameters)
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     con.close()
@@ -134,9 +140,9 @@ def run_reporter_nightly(store: Path, output: Path) -> dict:
 
     def compute_and_keep(*args, **kwargs):
         reports, quality = original_compute(*args, **kwargs)
-        for report, _catalog, _charts in reports:
-            metrics = report.metrics
-            computed_figures[report.delivery_id] = {
+        for computed in reports:
+            metrics = computed.report.metrics
+            computed_figures[computed.report.delivery_id] = {
                 name: getattr(metrics, name)
                 for name in ("processed", "delivered", "hard_bounces", "soft_bounces", "opens",
                              "unique_opens", "clicks", "unique_clickers", "unsubscriptions",
