@@ -125,9 +125,9 @@ CLASSIFIED_DIR = "classified"
 SUMMARIES_DIR = "summaries/recipients"
 
 # host_id and source names become parts of file names, so the config accepts only these.
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 # Ids as the reporter accepts them in file names (catalog entries, report files).
-SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 
 def empty_events() -> pa.Table:

@@ -29,6 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from clicktrail.agent.config import ClassificationConfig
+from clicktrail.agent.schema import CLASSIFIED_DIR
 from clicktrail.agent.store import upload_file
 
 from .catalog import DeliveryCatalog
@@ -36,7 +37,6 @@ from .store import Store
 
 log = logging.getLogger(__name__)
 
-CLASSIFIED_DIR = "classified"
 MICROSECONDS = 1_000_000
 
 # A hit on a link of this catalog type is a machine: no person can see the link. Senders add

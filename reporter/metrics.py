@@ -169,6 +169,22 @@ GROUP BY ALL
 ORDER BY delivery_id, utc_hour
 """
 
+# A source whose newest event is older than this before the end of the period is flagged: its
+# agent may have stopped, or the server it reads sent nothing (a quiet MTA, a broken log path).
+STALE_AFTER_US = 24 * MICROSECONDS_PER_HOUR
+
+SOURCE_FRESHNESS_SQL = """
+SELECT source_host, source_name, source_kind,
+       count(DISTINCT event_id) AS events,
+       epoch_us(max(event_time)) AS last_event_us,
+       epoch_us(max(ingest_time)) AS last_ingest_us
+FROM events_raw
+WHERE event_date BETWEEN $first_utc_date AND $last_utc_date
+  AND event_time >= $start AND event_time < $end
+GROUP BY ALL
+ORDER BY source_host, source_name, source_kind
+"""
+
 # Rejected lines carry no event time, so the period applies to ingest_time and every rejects
 # partition is read.
 REJECTS_SQL = """
@@ -188,6 +204,20 @@ WHERE event_date BETWEEN $first_utc_date AND $last_utc_date
 GROUP BY event_type
 ORDER BY event_type
 """
+
+
+@dataclass(frozen=True)
+class SourceFreshness:
+    """How current one source's data is: the data-quality box's freshness table."""
+
+    source_host: str
+    source_name: str
+    source_kind: str
+    events: int
+    last_event_us: int
+    last_ingest_us: int
+    # True when the source's last event is older than STALE_AFTER_US before the period's end.
+    stale: bool
 
 
 @dataclass
@@ -391,6 +421,17 @@ def count_unattributed(con: duckdb.DuckDBPyConnection,
                        period: ReportPeriod) -> list[tuple[str, int]]:
     """Count the events of the period that carry no delivery id, per event type."""
     return con.execute(UNATTRIBUTED_SQL, _period_parameters(period)).fetchall()
+
+
+def source_freshness(con: duckdb.DuckDBPyConnection,
+                     period: ReportPeriod) -> list[SourceFreshness]:
+    """Return, per source that wrote events in the period, its last event and ingest times."""
+    parameters = _period_parameters(period)
+    rows = con.execute(SOURCE_FRESHNESS_SQL, parameters).fetchall()
+    end_us = int(period.end_utc.timestamp() * 1_000_000)
+    return [SourceFreshness(host, name, kind, events, last_event, last_ingest,
+                            stale=last_event < end_us - STALE_AFTER_US)
+            for host, name, kind, events, last_event, last_ingest in rows]
 
 
 def _period_parameters(period: ReportPeriod) -> dict[str, object]:

@@ -60,6 +60,7 @@ class DataQuality:
     rejects: list[tuple[str, str, int]] = field(default_factory=list)
     # (event type, events in the period without a delivery id)
     unattributed: list[tuple[str, int]] = field(default_factory=list)
+    sources: list[m.SourceFreshness] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def _compute(store: Store, period: ReportPeriod, scratch: Path, max_memory_bytes
         section_data = [(section, section.compute(section_input))
                         for section in registered_sections()]
         quality = DataQuality(rejects=m.count_rejects(con, rejects, period),
-                              unattributed=m.count_unattributed(con, period))
+                              unattributed=m.count_unattributed(con, period),
+                              sources=m.source_freshness(con, period))
     except (duckdb.Error, pa.ArrowException, OSError) as exc:
         raise StoreError(f"failed to query the store {store.url}: {exc}",
                          store_url=store.url) from exc

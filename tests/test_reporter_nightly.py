@@ -295,3 +295,11 @@ def test_long_url_is_shortened_in_report():
     assert len(shown) == MAX_SHOWN_CHARS
     assert shown.endswith("\u2026")
     assert shorten("https://e.example/") == "https://e.example/"
+
+
+@pytest.mark.parametrize("delivery_id", ["d1\n", "d1\r\n", "../d1", "d1/..", ""])
+def test_file_stem_of_unsafe_ids_is_hashed(delivery_id) -> None:
+    stem = report_file_stem(delivery_id)
+
+    assert stem.startswith("delivery.id-")
+    assert "\n" not in stem and "/" not in stem
