@@ -338,6 +338,8 @@ class EmailRewriter(HTMLParser):
         self.stack: list[tuple[str, str]] = []
         # cellpadding of each open table, which its cells take as padding
         self.paddings: list[str | None] = []
+        # The alignment each open element passes to its content, one entry per stack entry
+        self.aligns: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {name: value for name, value in attrs if value is not None}
@@ -347,11 +349,15 @@ class EmailRewriter(HTMLParser):
         if tag in VOID_TAGS:
             self.output.append(f"<{tag}{_attributes(values)}>")
             return
+        parent_align = self.aligns[-1] if self.aligns else ""
+        own_align = "center" if tag == "center" else values.get("align", "").lower()
         if len(self.stack) >= MAX_DEPTH:
             self.stack.append((tag, ""))
+            self.aligns.append(own_align or parent_align)
             return
 
-        values = with_layout_style(tag, values, self.cell_padding())
+        self.aligns.append(own_align or parent_align)
+        values = with_layout_style(tag, values, self.cell_padding(), parent_align)
         if tag == "a":
             # An anchor whose href the sanitiser removed (javascript:, data:) is no link.
             is_link = "href" in values or "data-link-id" in values
@@ -370,6 +376,7 @@ class EmailRewriter(HTMLParser):
         if tag in VOID_TAGS or not self.stack or self.stack[-1][0] != tag:
             return
         _, closing = self.stack.pop()
+        self.aligns.pop()
         self.output.append(closing)
         if tag == "table" and closing:
             self.paddings.pop()
@@ -386,12 +393,15 @@ FONT_SIZES = {"1": "x-small", "2": "small", "3": "medium", "4": "large", "5": "x
               "6": "xx-large", "7": "xx-large"}
 
 
-def with_layout_style(tag: str, values: dict[str, str], cell_padding: str | None) -> dict[str, str]:
+def with_layout_style(tag: str, values: dict[str, str], cell_padding: str | None,
+                      parent_align: str = "") -> dict[str, str]:
     """Add the layout of presentational attributes (width, bgcolor, align...) to the style.
 
     Browsers apply these attributes, but WeasyPrint ignores them unless the whole report is
     rendered with presentational hints, and campaign HTML lays out its tables with them. The
-    element's own style comes last, so it wins as it does in a browser.
+    element's own style comes last, so it wins as it does in a browser. parent_align is the
+    alignment set by an enclosing element, which browsers also apply to a nested table:
+    `<td align="center"><table width="600">` centres the table.
     """
     hints = []
     for name in ("width", "height"):
@@ -404,7 +414,7 @@ def with_layout_style(tag: str, values: dict[str, str], cell_padding: str | None
         hints.append(f"vertical-align: {values['valign'].lower()}")
 
     align = values.get("align", "").lower()
-    if tag == "table" and align == "center":
+    if tag == "table" and (align or parent_align) == "center":
         hints.append("margin-left: auto; margin-right: auto")
     elif align in ("left", "right", "center", "justify") and tag != "table":
         hints.append(f"text-align: {align}")

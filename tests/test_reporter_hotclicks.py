@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from click.testing import CliRunner
 from clicktrail.reporter import metrics as m
 from clicktrail.reporter.catalog import (
     MAX_CONTENT_BYTES,
@@ -19,6 +20,7 @@ from clicktrail.reporter.catalog import (
     load_catalog,
     parse_catalog,
 )
+from clicktrail.reporter.cli import main as report_main
 from clicktrail.reporter.hotclicks import (
     HotClicksPage,
     LinkMatcher,
@@ -242,6 +244,20 @@ def test_image_without_alt_says_image() -> None:
         '<span class="hc-image">image</span>')
 
 
+def test_presentational_attributes_become_style() -> None:
+    marked_up = mark_up('<table width="100%" bgcolor="#f4f4f4" cellpadding="10" cellspacing="0">'
+                        '<tr><td align="center"><table width="600"><tr><td valign="top">x'
+                        '</td></tr></table></td></tr></table>')
+
+    assert marked_up == (
+        '<table width="100%" bgcolor="#f4f4f4" cellpadding="10" cellspacing="0" '
+        'style="width: 100%; background-color: #f4f4f4; border-spacing: 0px"><tbody><tr>'
+        '<td align="center" style="text-align: center; padding: 10px">'
+        '<table width="600" style="width: 600px; margin-left: auto; margin-right: auto">'
+        '<tbody><tr><td valign="top" style="vertical-align: top">x</td></tr></tbody></table>'
+        "</td></tr></tbody></table>")
+
+
 def test_deep_nesting_cut() -> None:
     marked_up = mark_up("<div>" * 500 + "deep" + "</div>" * 500)
 
@@ -429,3 +445,19 @@ def test_too_many_tags_rejected(tmp_path: Path) -> None:
 
     assert page.problem is not None
     assert "has 20001 tags, more than 20000" in page.problem
+
+
+def test_cli_import_rejects_crlf_name(tmp_path: Path) -> None:
+    entry = write_entry(tmp_path / "in", None, name="h1.html\r\nX-Injected: 1")
+    (tmp_path / "store").mkdir()
+    config = tmp_path / "clicktrail.toml"
+    config.write_text(f'[store]\nurl = "{(tmp_path / "store").as_uri()}"\n', encoding="utf-8")
+
+    result = CliRunner().invoke(report_main, ["import-catalog", "--config", str(config),
+                                              str(entry)])
+
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: {entry}: invalid catalog entry: content must be a file "
+                             "name of 1-64 letters, digits, '_' or '-' ending in .html, got "
+                             "'h1.html\\r\\nX-Injected: 1'\n")
+    assert not (tmp_path / "store" / "catalog").exists()
