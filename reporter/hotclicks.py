@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 # Clicks per catalog link, raw and human-only, with the figure definitions of metrics.py:
 # a click is a hit on a link that the catalog does not type as unsubscribe or mirror.
-LINK_CLICKS_SQL = f"""
+LINK_CLICKS_BY_CLASS_SQL = f"""
 SELECT f.delivery_id, f.link_id,
        count(*) AS clicks,
        count(*) FILTER (c.class IN {HUMAN_CLASSES_SQL}) AS human_clicks
@@ -148,7 +148,7 @@ def compute_hot_clicks(section_input: SectionInput) -> dict[str, HotClicksPage]:
     """Build the hot clicks page of every active delivery."""
     counts: dict[str, dict[str | None, tuple[int, int]]] = {}
     for delivery_id, link_id, clicks, human_clicks in section_input.con.execute(
-            LINK_CLICKS_SQL).fetchall():
+            LINK_CLICKS_BY_CLASS_SQL).fetchall():
         counts.setdefault(delivery_id, {})[link_id] = (clicks, human_clicks)
 
     return {delivery_id: build_page(section_input.store, catalog, counts.get(delivery_id, {}))
@@ -298,14 +298,14 @@ def filter_attribute(tag: str, name: str, value: str) -> str | None:
 
 def filter_style(value: str) -> str | None:
     """Keep the declarations of a style attribute that lay out or colour a box safely."""
-    kept = []
+    declarations = []
     for declaration in value.split(";"):
         name, colon, declared = declaration.partition(":")
         name = name.strip().lower()
         declared = re.sub(r"!\s*important\s*$", "", declared.strip(), flags=re.IGNORECASE)
         if colon and name in STYLE_PROPERTIES and _safe_style_value(declared.strip()):
-            kept.append(f"{name}: {declared.strip()}")
-    return "; ".join(kept) or None
+            declarations.append(f"{name}: {declared.strip()}")
+    return "; ".join(declarations) or None
 
 
 def _safe_style_value(value: str) -> bool:
