@@ -1,19 +1,22 @@
 """Read delivery catalog entries: `<store>/catalog/deliveries/<delivery_id>.json`.
 
-The sending platform writes one entry per delivery: its name, subject, send time, owners and
-the type of each tracked link. An entry is optional. Without it the reports show the ids and
-the URLs seen in the logs. An invalid entry is reported in the data-quality box, never fatal.
+The sending platform writes one entry per delivery: its name, subject, send time, owners,
+the type of each tracked link and, in `content`, the name of the email's HTML file beside the
+JSON file. An entry is optional. Without it the reports show the ids and the URLs seen in the
+logs. An invalid entry is reported in the data-quality box, never fatal.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from clicktrail.agent import store as agent_store
-from clicktrail.agent.schema import SAFE_ID
+from clicktrail.agent.schema import CATALOG_DIR, SAFE_ID
 
 from .errors import StoreError
 from .store import Store, catalog_path
@@ -21,6 +24,18 @@ from .store import Store, catalog_path
 log = logging.getLogger(__name__)
 
 MAX_CATALOG_BYTES = 4 * 1024 * 1024
+# An email's HTML is read whole and laid out on the hot clicks page, so the limit bounds the
+# memory and layout time one hostile file can take. Campaign HTML is usually tens of kilobytes;
+# inline images (data: URIs, which the page removes anyway) are what makes a file larger.
+MAX_CONTENT_BYTES = 2 * 1024 * 1024
+# The content file is named by the sender and becomes part of a store path, so only a plain
+# name is accepted: no folder, no dot-dot, no control character.
+CONTENT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.html")
+# The HTML parser under the sanitiser takes time quadratic in the nesting depth (40,000 nested
+# divs took 4 s on a 2-core build machine), and an element needs a start tag, so bounding the
+# start tags bounds that time. Campaign HTML has a few thousand tags.
+MAX_CONTENT_TAGS = 20_000
+START_TAG = re.compile(r"<[A-Za-z]")
 # Catalog link types whose clicks are page views, not clicks. Adobe Campaign's URL types map
 # onto catalog types as 1 email click -> "click", 3 opt-out -> "unsubscribe", 6 mirror page ->
 # "mirror"; other types are kept as written and their clicks count.
@@ -52,6 +67,8 @@ class DeliveryCatalog:
     # Messages sent as text only (no HTML part, so no open pixel): the estimated opens scale
     # the measured opens up to them, as Adobe Campaign's indicator does.
     text_only_messages: int = 0
+    # The file name of the email's HTML in the catalog folder, checked against CONTENT_NAME.
+    content: str | None = None
 
     def link_type(self, link_id: str | None) -> str | None:
         link = self.links.get(link_id or "")
@@ -104,6 +121,7 @@ def parse_catalog(delivery_id: str, raw: bytes) -> DeliveryCatalog:
         owners=tuple(owners),
         links=_parse_links(data.get("links", [])),
         text_only_messages=text_only,
+        content=_parse_content_name(data.get("content")),
     )
 
 
@@ -111,6 +129,15 @@ def _optional_str(data: dict, key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
         raise ValueError(f"{key} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _parse_content_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not CONTENT_NAME.fullmatch(value):
+        raise ValueError(f"content must be a file name of 1-64 letters, digits, '_' or '-' "
+                         f"ending in .html, got {value!r:.100}")
     return value
 
 
@@ -147,35 +174,123 @@ def _parse_links(items: object) -> dict[str, CatalogLink]:
     return links
 
 
+def load_content(store: Store, catalog: DeliveryCatalog) -> str | None:
+    """Read the email's HTML that a catalog entry names; None when the entry names none.
+
+    Raises ContentError (a ValueError) naming the delivery and the file when the file is
+    missing, too large or not UTF-8; StoreError when the store cannot be read.
+    """
+    if catalog.content is None:
+        return None
+
+    relative = content_path(catalog.content)
+    if not store.is_file(relative):
+        raise ContentError(f"content file {catalog.content} of delivery {catalog.delivery_id} "
+                           f"is missing from {CATALOG_DIR}/ in store {store.url}; import it "
+                           "with clicktrail-report import-catalog", catalog.delivery_id)
+    try:
+        raw = store.read_bytes(relative, MAX_CONTENT_BYTES)
+    except StoreError as exc:
+        # read_bytes raises a permanent StoreError only for a file over the limit.
+        if exc.transient:
+            raise
+        raise ContentError(_too_large(catalog.delivery_id, catalog.content),
+                           catalog.delivery_id) from exc
+    return decode_content(catalog.delivery_id, catalog.content, raw)
+
+
+class ContentError(ValueError):
+    """The email's HTML of a delivery is missing, too large or not UTF-8."""
+
+    def __init__(self, message: str, delivery_id: str) -> None:
+        super().__init__(message)
+        self.delivery_id = delivery_id
+
+
+def content_path(name: str) -> str:
+    """Return the store path of a content file name that matched CONTENT_NAME."""
+    return f"{CATALOG_DIR}/{name}"
+
+
+def decode_content(delivery_id: str, name: str, raw: bytes) -> str:
+    """Decode an email's HTML as UTF-8 (a byte order mark is allowed and dropped) and check
+    that it has at most MAX_CONTENT_TAGS start tags."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ContentError(f"content file {name} of delivery {delivery_id} is not valid UTF-8 "
+                           f"at byte {exc.start} ({exc.reason}); save the HTML as UTF-8",
+                           delivery_id) from None
+
+    tags = sum(1 for _ in START_TAG.finditer(text))
+    if tags > MAX_CONTENT_TAGS:
+        raise ContentError(f"content file {name} of delivery {delivery_id} has {tags} tags, "
+                           f"more than {MAX_CONTENT_TAGS}; the hot clicks page shows email "
+                           "HTML of usual size only", delivery_id)
+    return text
+
+
+def _too_large(delivery_id: str, name: str) -> str:
+    return (f"content file {name} of delivery {delivery_id} is larger than "
+            f"{MAX_CONTENT_BYTES} bytes; remove inline images (data: URIs) from the HTML")
+
+
 def import_catalog(store: Store, paths: list[str]) -> list[str]:
     """Check catalog entries from local JSON files and write them into the store.
 
-    Returns the delivery ids written. Every file is checked before any is written, so one
-    invalid file leaves the store unchanged; the ValueError names the file and the problem.
+    An entry that names a content file brings that HTML file along: it must lie in the same
+    folder as the JSON file. Returns the delivery ids written. Every file is checked before
+    any is written, so one invalid file leaves the store unchanged; the ValueError names the
+    file and the problem.
     """
-    entries = []
-    for path in paths:
-        try:
-            with open(path, "rb") as f:
-                raw = f.read(MAX_CATALOG_BYTES + 1)
-            if len(raw) > MAX_CATALOG_BYTES:
-                raise ValueError(f"larger than {MAX_CATALOG_BYTES} bytes")
-            data = json.loads(raw.decode("utf-8"))
-            delivery_id = data.get("delivery_id") if isinstance(data, dict) else None
-            if not isinstance(delivery_id, str) or not SAFE_ID.match(delivery_id):
-                raise ValueError(f"delivery_id must be 1-64 characters of letters, digits, '_' "
-                                 f"or '-', got {delivery_id!r}")
-            parse_catalog(delivery_id, raw)
-        except RecursionError:
-            raise ValueError(f"{path}: invalid catalog entry: JSON nested too deeply") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
-            raise ValueError(f"{path}: invalid catalog entry: {exc}") from exc
-        entries.append((delivery_id, path))
+    entries = [_check_entry_file(path) for path in paths]
 
-    for delivery_id, path in entries:
-        try:
-            agent_store.upload_file(store.agent_store(), path, catalog_path(delivery_id))
-        except agent_store.StoreError as exc:
-            raise StoreError(str(exc), store_url=store.url, transient=exc.transient) from exc
+    for delivery_id, path, content in entries:
+        # The HTML goes first, so that a reader never finds an entry naming a missing file.
+        if content is not None:
+            _upload(store, content, content_path(os.path.basename(content)))
+        _upload(store, path, catalog_path(delivery_id))
         log.info("imported catalog entry of delivery %s from %s", delivery_id, path)
-    return [delivery_id for delivery_id, _ in entries]
+    return [delivery_id for delivery_id, _, _ in entries]
+
+
+def _check_entry_file(path: str) -> tuple[str, str, str | None]:
+    """Check one local catalog entry and its content file; return (delivery id, path, content)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CATALOG_BYTES + 1)
+        if len(raw) > MAX_CATALOG_BYTES:
+            raise ValueError(f"larger than {MAX_CATALOG_BYTES} bytes")
+        data = json.loads(raw.decode("utf-8"))
+        delivery_id = data.get("delivery_id") if isinstance(data, dict) else None
+        if not isinstance(delivery_id, str) or not SAFE_ID.match(delivery_id):
+            raise ValueError(f"delivery_id must be 1-64 characters of letters, digits, '_' "
+                             f"or '-', got {delivery_id!r}")
+        catalog = parse_catalog(delivery_id, raw)
+    except RecursionError:
+        raise ValueError(f"{path}: invalid catalog entry: JSON nested too deeply") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: invalid catalog entry: {exc}") from exc
+
+    if catalog.content is None:
+        return delivery_id, path, None
+    content = os.path.join(os.path.dirname(path), catalog.content)
+    try:
+        with open(content, "rb") as f:
+            raw_content = f.read(MAX_CONTENT_BYTES + 1)
+        if len(raw_content) > MAX_CONTENT_BYTES:
+            raise ContentError(_too_large(delivery_id, catalog.content), delivery_id)
+        decode_content(delivery_id, catalog.content, raw_content)
+    except OSError as exc:
+        raise ValueError(f"{path}: content file {catalog.content} of delivery {delivery_id} "
+                         f"cannot be read: {exc.strerror}; put it beside the JSON file") from exc
+    except ContentError as exc:
+        raise ValueError(f"{content}: {exc}") from exc
+    return delivery_id, path, content
+
+
+def _upload(store: Store, local_path: str, relative: str) -> None:
+    try:
+        agent_store.upload_file(store.agent_store(), local_path, relative)
+    except agent_store.StoreError as exc:
+        raise StoreError(str(exc), store_url=store.url, transient=exc.transient) from exc

@@ -52,4 +52,9 @@ class Section:
 
 def registered_sections() -> list[Section]:
     """Return the sections in the order the report shows them."""
-    return []
+    # Imported here because the section modules import SectionInput from this one.
+    from .hotclicks import compute_hot_clicks
+
+    return [
+        Section(name="hot_clicks", title="Hot clicks", compute=compute_hot_clicks),
+    ]
