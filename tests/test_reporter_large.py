@@ -70,7 +70,11 @@ def large_store(root: Path) -> dict[str, int]:
               "label": f"Product {i}", "category": f"category {i % 25}"} for i in range(LINKS)]
     (catalog / "big.json").write_text(json.dumps({
         "delivery_id": "big", "name": "Large catalogue mailing", "sent_at": SENT.isoformat(),
-        "links": links}))
+        "content": "big.html", "links": links}))
+    # The email draws every link, so the hot clicks page puts a badge on each of them.
+    anchors = "".join(f'<a href="https://shop.example.com/product/{i}">Product {i}</a> '
+                      for i in range(LINKS))
+    (catalog / "big.html").write_text(f"<html><body><p>{anchors}</p></body></html>")
     return {"clicks": len(clickers), "unique_clickers": len(clickers)}
 
 
@@ -109,3 +113,5 @@ def test_large_delivery_pdf_renders(large_report):
     assert "Large catalogue mailing" in text
     assert f"{LINKS - MAX_LINK_ROWS:,}".replace(",", " ") + " other links with fewer clicks" in text
     assert "Clicks by category" in text
+    # Hot clicks: the badge of the last product of the email.
+    assert f"Product {LINKS - 1}" in text
