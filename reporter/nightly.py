@@ -25,7 +25,6 @@ from clicktrail.agent.schema import SAFE_ID
 
 from . import metrics as m
 from .catalog import DeliveryCatalog, load_catalog
-from .charts import time_charts
 from .classify import classify_events
 from .errors import LockedError, OutputError, ReporterError, StoreError
 from .period import ReportPeriod, make_period
@@ -127,7 +126,6 @@ def report_file_stem(delivery_id: str) -> str:
 class ComputedReport:
     report: DeliveryReport
     catalog: DeliveryCatalog
-    charts: list
     # (section, the context its template receives as `data`), in registry order
     sections: list[tuple[Section, object]]
 
@@ -175,9 +173,8 @@ def _compute(store: Store, period: ReportPeriod, scratch: Path,
             metrics=figures[delivery_id],
             owners=catalog.owners,
         )
-        charts = time_charts(report.metrics, period.timezone, catalog.sent_at)
         sections = [(section, data.get(delivery_id)) for section, data in section_data]
-        reports.append(ComputedReport(report, catalog, charts, sections))
+        reports.append(ComputedReport(report, catalog, sections))
     return reports, quality
 
 
@@ -193,7 +190,7 @@ def _stage_outputs(output_root: Path, period: ReportPeriod, reports: list[Comput
             report = computed.report
             context = {**common, "delivery_id": report.delivery_id, "title": report.title,
                        "catalog": computed.catalog, "metrics": report.metrics,
-                       "charts": computed.charts, "sections": computed.sections}
+                       "sections": computed.sections}
             html = render_html(env, "delivery.html.j2", context)
             (staging / report.html_name).write_text(html, encoding="utf-8")
             write_pdf(html, staging / report.pdf_name)
