@@ -395,3 +395,17 @@ def test_report_shows_dst_rows(tmp_path: Path) -> None:
     assert "Sun 2026-10-25 02:00 (UTC+02:00) 1 1 0 0" in text
     assert "Sun 2026-10-25 02:00 (UTC+01:00) 2 2 0 0" in text
     assert "Total 3 3 0 0" in text
+
+
+def test_half_hour_zone_hours(tmp_path: Path) -> None:
+    # India is UTC+05:30: local hours start at half past a UTC hour.
+    write_events(tmp_path / "store", opens_at("in", ["2026-12-03T08:10:00Z",   # 13:40 IST
+                                                     "2026-12-03T08:29:00Z",   # 13:59 IST
+                                                     "2026-12-03T08:30:00Z"]))  # 14:00 IST
+
+    timeline = compute(tmp_path / "store", "Asia/Kolkata", date(2026, 12, 3))[0]["in"]
+
+    assert timeline.hours[0].start_utc == utc("2026-12-03T07:30:00Z")
+    assert hit_rows(timeline) == [("Thu 2026-12-03 13:00", 2, 0), ("Thu 2026-12-03 14:00", 1, 0)]
+    # 13:00 to local midnight ending 3 December.
+    assert len(timeline.hours) == 11
