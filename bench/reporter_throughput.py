@@ -55,6 +55,7 @@ def run_duckdb_alone(store: Path, scratch: Path, reader: str = "duckdb") -> dict
     from clicktrail.reporter.catalog import load_catalog
     from clicktrail.reporter.classify import classify_events
     from clicktrail.reporter.period import make_period
+    from clicktrail.reporter.sections import SectionInput, registered_sections
     from clicktrail.reporter.store import events_dataset, open_store
 
     sys.path.insert(0, str(REPO / "bench"))
@@ -103,7 +104,6 @@ def run_duckdb_alone(store: Path, scratch: Path, reader: str = "duckdb") -> dict
     timings["delivery figures"] = time.perf_counter() - begin
     timed("pending", m.PENDING_SQL)
     timed("bounce reasons", mta.BOUNCE_REASONS_SQL)
-    timed("hourly", m.HOURLY_SQL)
     timed("domains", mta.DOMAIN_FIGURES_SQL, {"max_domain_rows": mta.MAX_DOMAIN_ROWS})
     timed("diagnostics", mta.DIAGNOSTICS_SQL, {"max_diagnostic_rows": mta.MAX_DIAGNOSTIC_ROWS})
     timed("link clicks", links.LINK_CLICKS_SQL)
@@ -111,6 +111,15 @@ def run_duckdb_alone(store: Path, scratch: Path, reader: str = "duckdb") -> dict
     timed("class counts", classify.CLASS_COUNTS_SQL)
     timed("flagged per rule", classify.FLAGGED_SQL)
     timed("unattributed", m.UNATTRIBUTED_SQL, parameters)
+    timed("source freshness", m.SOURCE_FRESHNESS_SQL, parameters)
+    # The report sections (hot clicks, time series...) run their own queries through the same
+    # connection; they are timed as one stage.
+    begin = time.perf_counter()
+    section_input = SectionInput(con=con, catalogs=catalogs, period=period,
+                                 store=open_store(str(store)))
+    for section in registered_sections():
+        section.compute(section_input)
+    timings["sections"] = time.perf_counter() - begin
     events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     con.close()
     return {"seconds": time.perf_counter() - started, "stages": timings, "events": events,

@@ -1,4 +1,4 @@
-"""Draw the opens-and-clicks-over-time charts with pygal, as SVG data URIs.
+"""Draw the report's bar charts with pygal, as SVG data URIs.
 
 An SVG in an <img> is an isolated document: its scripts do not run and it cannot fetch
 anything, in browsers and in WeasyPrint alike. pygal embeds a small configuration script and
@@ -11,13 +11,9 @@ import base64
 import math
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import pygal
 from pygal.style import Style
-
-from .metrics import MICROSECONDS_PER_HOUR, DeliveryMetrics
 
 # pygal 3.1 appends a legacy sys.meta_path finder (PluginImportFixer, for pygal.maps plugins,
 # which clicktrail does not use). It has no find_spec(), so on Python 3.11 every import that
@@ -25,9 +21,9 @@ from .metrics import MICROSECONDS_PER_HOUR, DeliveryMetrics
 sys.meta_path[:] = [finder for finder in sys.meta_path
                     if type(finder).__module__ != "pygal"]
 
-# The first hours after sending are shown hour by hour, the rest day by day.
-MAX_HOURLY_HOURS = 72
-MIN_HOURLY_HOURS = 24
+# A category axis with more labels than this shows only every n-th one, so that they stay
+# readable (72 hours get a label every 6 hours).
+MAX_AXIS_LABELS = 24
 
 CHART_STYLE = Style(
     background="white",
@@ -35,7 +31,8 @@ CHART_STYLE = Style(
     foreground="#333333",
     foreground_strong="#111111",
     foreground_subtle="#cccccc",
-    colors=("#2b6cb0", "#dd6b20"),
+    # Pairs of a dark and a light tone: a raw series and its human-only part.
+    colors=("#2b6cb0", "#90cdf4", "#dd6b20", "#fbd38d"),
     font_family="DejaVu Sans, Liberation Sans, sans-serif",
     label_font_size=10,
     major_label_font_size=10,
@@ -56,68 +53,18 @@ class Chart:
     description: str
 
 
-def time_charts(metrics: DeliveryMetrics, zone: ZoneInfo,
-                sent_at: datetime | None) -> list[Chart]:
-    """Draw opens and clicks per hour for the first 72 hours, then per day if any remain."""
-    if not metrics.hourly:
-        return []
+def bar_chart(title: str, labels: list[str], series: dict[str, list[int]],
+              label_step: int | None = None) -> Chart:
+    """Draw one bar per label and series, with a text alternative listing the non-zero bars.
 
-    hours = sorted({hour for _figure, hour in metrics.hourly})
-    first_hour = hours[0]
-    if sent_at is not None:
-        first_hour = min(first_hour, int(sent_at.timestamp() * 1_000_000) // MICROSECONDS_PER_HOUR)
-
-    charts = [_hourly_chart(metrics, zone, first_hour)]
-    later = [hour for hour in hours if hour >= first_hour + MAX_HOURLY_HOURS]
-    if later:
-        charts.append(_daily_chart(metrics, zone, first_hour + MAX_HOURLY_HOURS, later[-1]))
-    return charts
+    label_step labels every n-th bar on the axis; the default keeps at most MAX_AXIS_LABELS.
+    """
+    if label_step is None:
+        label_step = max(1, math.ceil(len(labels) / MAX_AXIS_LABELS))
+    return Chart(title, _render(title, labels, series, label_step), _describe(labels, series))
 
 
-def _hourly_chart(metrics: DeliveryMetrics, zone: ZoneInfo, first_hour: int) -> Chart:
-    # At least one day of bars, so that a delivery with one busy hour keeps readable bar widths.
-    last_seen = max(hour for _figure, hour in metrics.hourly)
-    last_hour = min(max(last_seen, first_hour + MIN_HOURLY_HOURS - 1),
-                    first_hour + MAX_HOURLY_HOURS - 1)
-    hours = range(first_hour, last_hour + 1)
-
-    labels = [_local_time(hour, zone).strftime("%d %b %H:%M") for hour in hours]
-    opens = [metrics.hourly.get(("open", hour), 0) for hour in hours]
-    clicks = [metrics.hourly.get(("click", hour), 0) for hour in hours]
-    title = f"Opens and clicks per hour ({zone.key})"
-    return Chart(title, _render(title, labels, opens, clicks), _describe(labels, opens, clicks))
-
-
-def _daily_chart(metrics: DeliveryMetrics, zone: ZoneInfo, first_hour: int,
-                 last_hour: int) -> Chart:
-    days: dict[str, list[int]] = {}
-    first_day = _local_time(first_hour, zone).date()
-    last_day = _local_time(last_hour, zone).date()
-    day = first_day
-    while day <= last_day:
-        days[day.strftime("%d %b")] = [0, 0]
-        day += timedelta(days=1)
-
-    for (figure, hour), events in metrics.hourly.items():
-        if hour < first_hour:
-            continue
-        totals = days[_local_time(hour, zone).strftime("%d %b")]
-        totals[0 if figure == "open" else 1] += events
-
-    labels = list(days)
-    opens = [totals[0] for totals in days.values()]
-    clicks = [totals[1] for totals in days.values()]
-    title = f"Opens and clicks per day after the first {MAX_HOURLY_HOURS} hours ({zone.key})"
-    return Chart(title, _render(title, labels, opens, clicks), _describe(labels, opens, clicks))
-
-
-def _local_time(utc_hour: int, zone: ZoneInfo) -> datetime:
-    # NOTE: buckets are UTC hours, so in zones with a half-hour offset a bar spans two local
-    # half hours and is labelled with its local start time (for example 05:30).
-    return datetime.fromtimestamp(utc_hour * 3600, UTC).astimezone(zone)
-
-
-def _render(title: str, labels: list[str], opens: list[int], clicks: list[int]) -> str:
+def _render(title: str, labels: list[str], series: dict[str, list[int]], label_step: int) -> str:
     chart = pygal.Bar(
         js=[],
         style=CHART_STYLE,
@@ -130,12 +77,11 @@ def _render(title: str, labels: list[str], opens: list[int], clicks: list[int]) 
         disable_xml_declaration=False,
     )
     chart.x_labels = labels
-    # Label every 6th hour (or every day) so the axis stays readable over 72 bars.
-    step = 6 if len(labels) > 24 else 1
-    chart.x_labels_major = labels[::step]
-    chart.y_labels = _count_labels(max(opens + clicks, default=0))
-    chart.add("Opens", opens)
-    chart.add("Clicks", clicks)
+    chart.x_labels_major = labels[::label_step]
+    chart.y_labels = _count_labels(max((max(values, default=0) for values in series.values()),
+                                       default=0))
+    for name, values in series.items():
+        chart.add(name, values)
 
     svg = chart.render(is_unicode=True).encode("utf-8")
     return "data:image/svg+xml;base64," + base64.b64encode(svg).decode("ascii")
@@ -148,7 +94,11 @@ def _count_labels(max_count: int) -> list[int]:
     return list(range(0, max_count + step, step))
 
 
-def _describe(labels: list[str], opens: list[int], clicks: list[int]) -> str:
-    busiest = [f"{label}: {o} opens, {c} clicks"
-               for label, o, c in zip(labels, opens, clicks, strict=True) if o or c]
-    return "; ".join(busiest[:20]) or "no opens or clicks"
+def _describe(labels: list[str], series: dict[str, list[int]]) -> str:
+    # The first 20 labels with any non-zero value, so that the text stays short.
+    parts = []
+    for index, label in enumerate(labels):
+        values = [(name, counts[index]) for name, counts in series.items()]
+        if any(count for _name, count in values):
+            parts.append(f"{label}: " + ", ".join(f"{count} {name.lower()}" for name, count in values))
+    return "; ".join(parts[:20]) or "all values are 0"

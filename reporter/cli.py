@@ -5,7 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 import ssl
-from datetime import datetime
+import sys
+from collections.abc import Iterable
+from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 import click
 from clicktrail.agent.config import ConfigError, load_config
@@ -14,9 +17,12 @@ from clicktrail.agent.logutil import setup_logging
 from .catalog import import_catalog
 from .errors import ReporterError
 from .mail import EMAIL_DIR, email_reports
-from .nightly import run_nightly
+from .nightly import MAX_BACKFILL_DAYS, NightlyResult, backfill_dates, run_backfill, run_nightly
 from .retention import check_erasable_ids, erase_recipient, purge_before
 from .store import Store, open_store
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 # sysexits.h EX_CONFIG: systemd units are set not to restart on it.
 EXIT_CONFIG = 78
@@ -50,24 +56,41 @@ def main(verbose: bool) -> None:
 @click.option("--dry-run", is_flag=True,
               help=f"With --email, write the messages to OUTPUT_DIR/YYYY-MM-DD/{EMAIL_DIR}/ as "
                    ".eml files instead of sending them.")
+@click.option("--from", "first_date", type=click.DateTime(formats=["%Y-%m-%d"]),
+              metavar="YYYY-MM-DD",
+              help="Backfill: the first report date of a range, with --to. Each date of the "
+                   f"range is rendered and published in turn, {MAX_BACKFILL_DAYS} dates at most.")
+@click.option("--to", "last_date", type=click.DateTime(formats=["%Y-%m-%d"]),
+              metavar="YYYY-MM-DD", help="Backfill: the last report date of the range, included.")
+@click.option("--wait", "wait_s", type=click.IntRange(min=0), default=0, show_default=True,
+              metavar="SECONDS",
+              help="When another nightly run holds the output directory's lock, wait up to "
+                   "SECONDS for it instead of exiting with an error at once.")
 def nightly(config_path: str, report_date: datetime | None, send_email: bool,
-            dry_run: bool) -> None:
+            dry_run: bool, first_date: datetime | None, last_date: datetime | None,
+            wait_s: int) -> None:
     """Render the reports of every delivery with events in the last lookback_days days.
 
     Each delivery is recomputed from all its events up to the end of the report date, and the
     HTML and PDF reports plus an index.html are published in OUTPUT_DIR/YYYY-MM-DD/. With
     --email, each PDF is then sent over SMTP as [email] sets. If a recipient is not reached,
-    the exit status is 1 and the reports stay published.
+    the exit status is 1 and the reports stay published. With --from and --to, the same is done
+    for each date of the range, and each index path is printed once its date is published.
 
     Example: clicktrail-report nightly --config /etc/clicktrail/clicktrail.toml --date 2026-12-03
 
     Example: clicktrail-report nightly --config /etc/clicktrail/clicktrail.toml --email --dry-run
+
+    Example: clicktrail-report nightly --config clicktrail.toml --from 2026-11-01 --to 2026-11-30
     """
-    if report_date is not None and not 1970 <= report_date.year <= 2199:
-        raise click.BadParameter(f"{report_date.date()} is outside 1970-01-01 to 2199-12-31",
-                                 param_hint="--date")
+    for value, option in ((report_date, "--date"), (first_date, "--from"), (last_date, "--to")):
+        _check_year(value, option)
+    dates = _backfill_range(report_date, first_date, last_date)
     if dry_run and not send_email:
         raise click.UsageError("--dry-run applies to --email; pass both to write .eml files")
+    if send_email and dates is not None:
+        raise click.UsageError("--email sends the reports of one date; run a backfill with "
+                               "--from and --to without --email")
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -84,22 +107,86 @@ def nightly(config_path: str, report_date: datetime | None, send_email: bool,
                                          local_hostname=config.agent.host_id,
                                          ssl_context=ssl_context)
 
+    # A progress bar only on a terminal: in the journal or a cron mail, the log line per
+    # delivery is what a reader can follow.
+    progress = RenderProgress() if sys.stderr.isatty() else None
+    options = {
+        "lookback_days": config.report.lookback_days,
+        "store_endpoint_override": config.store.endpoint_override,
+        "store_region": config.store.region,
+        "on_published": on_published,
+        "max_memory_bytes": config.report.max_memory_bytes,
+        "classification": config.report.classification,
+        "lock_wait_s": wait_s,
+        "on_progress": progress,
+    }
+    results: Iterable[NightlyResult]
     try:
-        result = run_nightly(
-            store_url=config.store.url,
-            output_dir=config.report.output_dir,
-            timezone=config.report.timezone,
-            report_date=report_date.date() if report_date else None,
-            lookback_days=config.report.lookback_days,
-            store_endpoint_override=config.store.endpoint_override,
-            store_region=config.store.region,
-            on_published=on_published,
-            max_memory_bytes=config.report.max_memory_bytes,
-            classification=config.report.classification,
-        )
+        if dates is None:
+            results = [run_nightly(config.store.url, config.report.output_dir,
+                                   config.report.timezone,
+                                   report_date.date() if report_date else None, **options)]
+        else:
+            results = run_backfill(config.store.url, config.report.output_dir,
+                                   config.report.timezone, *dates, **options)
+        for result in results:
+            _echo_result(result)
     except ReporterError as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        if progress is not None:
+            progress.close()
 
+
+class RenderProgress:
+    """A click progress bar on stderr per report date, advanced once per rendered delivery."""
+
+    def __init__(self) -> None:
+        self._bar: ProgressBar[int] | None = None
+        self._date: date | None = None
+
+    def __call__(self, report_date: date, rendered: int, total: int) -> None:
+        if self._bar is None or report_date != self._date:
+            self.close()
+            self._bar = click.progressbar(length=total, label=f"Rendering {report_date}",
+                                          show_pos=True, file=sys.stderr)
+            self._date = report_date
+        self._bar.update(1)
+        if rendered == total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.render_finish()
+            self._bar = None
+
+
+def _check_year(value: datetime | None, option: str) -> None:
+    if value is not None and not 1970 <= value.year <= 2199:
+        raise click.BadParameter(f"{value.date()} is outside 1970-01-01 to 2199-12-31",
+                                 param_hint=option)
+
+
+def _backfill_range(report_date: datetime | None, first_date: datetime | None,
+                    last_date: datetime | None) -> tuple[date, date] | None:
+    """Return the (first, last) dates of a backfill, or None for a single date."""
+    if first_date is None and last_date is None:
+        return None
+    if report_date is not None:
+        raise click.UsageError("--date and --from/--to cannot be combined: pass one date with "
+                               "--date or a range with --from and --to")
+    if first_date is None or last_date is None:
+        missing = "--to" if last_date is None else "--from"
+        raise click.UsageError(f"a backfill range needs both --from and --to; {missing} is "
+                               "missing")
+    try:
+        backfill_dates(first_date.date(), last_date.date())
+    except ValueError as exc:
+        raise click.UsageError(f"invalid --from/--to: {exc}") from exc
+    return first_date.date(), last_date.date()
+
+
+def _echo_result(result: NightlyResult) -> None:
     click.echo(f"{len(result.reports)} delivery reports in {result.report_dir}", err=True)
     click.echo(str(result.index_path))
 

@@ -159,16 +159,6 @@ WHERE event_type = 'deferred'
 GROUP BY delivery_id
 """
 
-HOURLY_SQL = f"""
-SELECT delivery_id, figure,
-       epoch_us(event_time) // {MICROSECONDS_PER_HOUR} AS utc_hour,
-       count(*) AS events
-FROM figure_events
-WHERE figure IN ('open', 'click')
-GROUP BY ALL
-ORDER BY delivery_id, utc_hour
-"""
-
 # A source whose newest event is older than this before the end of the period is flagged: its
 # agent may have stopped, or the server it reads sent nothing (a quiet MTA, a broken log path).
 STALE_AFTER_US = 24 * MICROSECONDS_PER_HOUR
@@ -258,8 +248,6 @@ class DeliveryMetrics:
     bounces: list[BounceRow] = field(default_factory=list)
     domains: list[DomainRow] = field(default_factory=list)
     diagnostics: list[DiagnosticRow] = field(default_factory=list)
-    # (figure, UTC hour since the epoch) -> events, for figure "open" or "click"
-    hourly: dict[tuple[str, int], int] = field(default_factory=dict)
     # (event type, class) -> hits, and (reason, hits) per classification rule (classify.py)
     classes: dict[tuple[str, str], int] = field(default_factory=dict)
     flagged: list[tuple[str, int]] = field(default_factory=list)
@@ -389,8 +377,6 @@ def compute_metrics(con: duckdb.DuckDBPyConnection,
     for delivery_id, pending in con.execute(PENDING_SQL).fetchall():
         result[delivery_id].deferred_pending = pending
 
-    for delivery_id, figure, utc_hour, events in con.execute(HOURLY_SQL).fetchall():
-        result[delivery_id].hourly[(figure, utc_hour)] = events
 
     add_mta_breakdowns(con, result)
 

@@ -13,11 +13,13 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import duckdb
 import pyarrow as pa
@@ -26,7 +28,6 @@ from clicktrail.agent.schema import SAFE_ID
 
 from . import metrics as m
 from .catalog import DeliveryCatalog, load_catalog
-from .charts import time_charts
 from .classify import write_classified
 from .errors import LockedError, OutputError, ReporterError, StoreError
 from .period import ReportPeriod, make_period
@@ -41,6 +42,14 @@ DEFAULT_MAX_MEMORY_BYTES = 4 * 1024**3
 
 LOCK_FILE = ".clicktrail-nightly.lock"
 INDEX_FILE = "index.html"
+# How often a run that waits for the lock tries again.
+LOCK_POLL_INTERVAL_S = 0.5
+# Report dates in one backfill at most: a year, leap years included.
+MAX_BACKFILL_DAYS = 366
+
+# Called after each delivery's report is rendered, with the report date, the number of reports
+# rendered so far and the number to render.
+ProgressCallback = Callable[[date, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -79,13 +88,18 @@ def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: st
                 store_region: str | None = None,
                 on_published: Callable[[NightlyResult], object] | None = None,
                 max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
-                classification: ClassificationConfig | None = None) -> NightlyResult:
+                classification: ClassificationConfig | None = None,
+                lock_wait_s: float = 0,
+                on_progress: ProgressCallback | None = None) -> NightlyResult:
     """Render the reports of every delivery with an event in the lookback period up to the
     end of report_date (default: yesterday in the report time zone) and publish them.
 
     on_published (the email step) is called with the result while the run still holds the
     lock, so no other run replaces the files it reads. Its exceptions propagate after the
     reports are published.
+
+    When another run holds the lock, this run waits up to lock_wait_s seconds for it (0: not
+    at all). on_progress replaces the log line per rendered delivery.
 
     Raises ReporterError (StoreError, OutputError, LockedError) with a message for the operator.
     """
@@ -98,12 +112,12 @@ def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: st
     output_root = Path(output_dir)
     _make_dir(output_root)
 
-    with _run_lock(output_root), _scratch_dir(output_root) as scratch:
+    with _run_lock(output_root, lock_wait_s), _scratch_dir(output_root) as scratch:
         log.info("nightly run for %s: deliveries with events from %s to %s (%s)",
                  period.report_date, period.first_day, period.report_date, timezone)
         reports, quality = _compute(store, period, scratch, max_memory_bytes,
                                     classification or ClassificationConfig())
-        staging = _stage_outputs(output_root, period, reports, quality)
+        staging = _stage_outputs(output_root, period, reports, quality, on_progress)
         target = output_root / period.report_date.isoformat()
         _publish(staging, target)
         log.info("published %d delivery reports in %s", len(reports), target)
@@ -114,6 +128,46 @@ def run_nightly(store_url: str, output_dir: str | os.PathLike[str], timezone: st
         if on_published is not None:
             on_published(result)
     return result
+
+
+def backfill_dates(first_date: date, last_date: date) -> list[date]:
+    """List the report dates from first_date to last_date, both included, in order.
+
+    Raises ValueError when first_date is after last_date or the range has more than
+    MAX_BACKFILL_DAYS dates.
+    """
+    if first_date > last_date:
+        raise ValueError(f"the first date {first_date} is after the last date {last_date}; "
+                         "pass the earlier date first")
+
+    days = (last_date - first_date).days + 1
+    if days > MAX_BACKFILL_DAYS:
+        raise ValueError(f"the range {first_date} to {last_date} has {days} dates, more than "
+                         f"the {MAX_BACKFILL_DAYS} of one backfill; split it into several runs")
+    return [first_date + timedelta(days=offset) for offset in range(days)]
+
+
+def run_backfill(store_url: str, output_dir: str | os.PathLike[str], timezone: str,
+                 first_date: date, last_date: date,
+                 **options: Any) -> Iterator[NightlyResult]:
+    """Run the nightly reports for each date from first_date to last_date, in order.
+
+    Each date is a run of its own, with run_nightly's options: it takes the lock, and
+    publishes its directory atomically before the next date starts. The results are yielded
+    as each date is published, so a failure leaves the earlier dates in place.
+
+    Raises ValueError for an invalid range (see backfill_dates) before any run starts.
+    """
+    # Checked here, outside the generator, so that a bad range fails at the call.
+    dates = backfill_dates(first_date, last_date)
+    return _run_dates(store_url, output_dir, timezone, dates, options)
+
+
+def _run_dates(store_url: str, output_dir: str | os.PathLike[str], timezone: str,
+               dates: list[date], options: dict[str, Any]) -> Iterator[NightlyResult]:
+    for number, report_date in enumerate(dates, start=1):
+        log.info("backfill: report date %s (%d of %d)", report_date, number, len(dates))
+        yield run_nightly(store_url, output_dir, timezone, report_date, **options)
 
 
 def report_file_stem(delivery_id: str) -> str:
@@ -131,7 +185,6 @@ def report_file_stem(delivery_id: str) -> str:
 class ComputedReport:
     report: DeliveryReport
     catalog: DeliveryCatalog
-    charts: list
     # (section, the context its template receives as `data`), in registry order
     sections: list[tuple[Section, object]]
 
@@ -179,14 +232,13 @@ def _compute(store: Store, period: ReportPeriod, scratch: Path, max_memory_bytes
             metrics=figures[delivery_id],
             owners=catalog.owners,
         )
-        charts = time_charts(report.metrics, period.timezone, catalog.sent_at)
         sections = [(section, data.get(delivery_id)) for section, data in section_data]
-        reports.append(ComputedReport(report, catalog, charts, sections))
+        reports.append(ComputedReport(report, catalog, sections))
     return reports, quality
 
 
 def _stage_outputs(output_root: Path, period: ReportPeriod, reports: list[ComputedReport],
-                   quality: DataQuality) -> Path:
+                   quality: DataQuality, on_progress: ProgressCallback | None = None) -> Path:
     env = make_environment()
     common = {"period": period, "zone": period.timezone, "quality": quality,
               "generated_at": datetime.now(UTC)}
@@ -197,11 +249,17 @@ def _stage_outputs(output_root: Path, period: ReportPeriod, reports: list[Comput
             report = computed.report
             context = {**common, "delivery_id": report.delivery_id, "title": report.title,
                        "catalog": computed.catalog, "metrics": report.metrics,
-                       "charts": computed.charts, "sections": computed.sections}
+                       "sections": computed.sections}
             html = render_html(env, "delivery.html.j2", context)
             (staging / report.html_name).write_text(html, encoding="utf-8")
             write_pdf(html, staging / report.pdf_name)
-            log.info("rendered delivery %r (%d of %d)", report.delivery_id, number, len(reports))
+            if on_progress is None:
+                log.info("rendered delivery %r (%d of %d)", report.delivery_id, number,
+                         len(reports))
+            else:
+                log.debug("rendered delivery %r (%d of %d)", report.delivery_id, number,
+                          len(reports))
+                on_progress(period.report_date, number, len(reports))
 
         index = render_html(env, "index.html.j2",
                             {**common, "reports": [r.report for r in reports]})
@@ -237,18 +295,44 @@ def _make_dir(path: Path) -> None:
 
 
 @contextmanager
-def _run_lock(output_root: Path) -> Iterator[None]:
+def _run_lock(output_root: Path, wait_s: float = 0) -> Iterator[None]:
     """Hold an exclusive lock on the output directory, and clean leftovers of crashed runs."""
     lock_path = output_root / LOCK_FILE
     with open(lock_path, "a+b") as lock_file:
-        try:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise LockedError(f"another nightly run is using {output_root}: {lock_path} is "
-                              "locked; wait for that run to finish",
-                              path=str(lock_path)) from exc
+        _acquire_lock(lock_file, lock_path, output_root, wait_s)
         _remove_leftovers(output_root)
         yield
+
+
+def _acquire_lock(lock_file: BinaryIO, lock_path: Path, output_root: Path,
+                  wait_s: float) -> None:
+    # flock without LOCK_NB cannot time out, so a run that may wait polls instead.
+    deadline = time.monotonic() + wait_s
+    waiting = False
+    while True:
+        try:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError as exc:
+            if wait_s <= 0:
+                raise LockedError(f"another nightly run is using {output_root}: {lock_path} is "
+                                  "locked; wait for that run to finish",
+                                  path=str(lock_path)) from exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockedError(f"another nightly run is using {output_root}: {lock_path} "
+                                  f"was still locked after waiting {wait_s:g} s; wait for that "
+                                  "run to finish or pass a longer --wait",
+                                  path=str(lock_path)) from exc
+
+        if not waiting:
+            log.info("waiting up to %g s for %s, which another nightly run holds", wait_s,
+                     lock_path)
+            waiting = True
+        time.sleep(min(LOCK_POLL_INTERVAL_S, remaining))
+
+    if waiting:
+        log.info("acquired %s after waiting", lock_path)
 
 
 def _remove_leftovers(output_root: Path) -> None:

@@ -52,9 +52,11 @@ class Section:
 
 def registered_sections() -> list[Section]:
     """Return the sections in the order the report shows them."""
-    # Imported here because the section modules import SectionInput from this one.
+    # Imported here because the section modules import this one for Section and its inputs.
     from .hotclicks import compute_hot_clicks
+    from .timeline import timeline_section
 
     return [
         Section(name="hot_clicks", title="Hot clicks", compute=compute_hot_clicks),
+        timeline_section(),
     ]

@@ -221,16 +221,6 @@ def test_top_diagnostics_cut_at_ten(domain_figures: m.DeliveryMetrics) -> None:
     ]
 
 
-def test_newsletter_hourly_counts(computed: dict) -> None:
-    hourly = computed["figures"]["d1"].hourly
-    hour = 1796198400 // 3600  # 2026-12-02T08:00:00Z
-
-    assert hourly[("open", hour + 1)] == 2  # r1 at 09:10 and 09:40 UTC
-    assert hourly[("click", hour + 1)] == 1
-    assert sum(v for (figure, _h), v in hourly.items() if figure == "open") == 4
-    assert sum(v for (figure, _h), v in hourly.items() if figure == "click") == 4
-
-
 def test_tracking_only_delivery(computed: dict) -> None:
     d2 = computed["figures"]["d2"]
 

@@ -326,6 +326,7 @@ def run_sandboxed(filters: list[str], command: list[str], cwd: Path) -> subproce
 def demo_config(tmp_path: Path) -> Path:
     text = (EXAMPLES / "clicktrail.toml").read_text()
     text = text.replace("../demo-output/", f"{tmp_path}/").replace('"logs/', f'"{EXAMPLES}/logs/')
+    text = text.replace('"ranges/', f'"{EXAMPLES}/ranges/')
     config = tmp_path / "clicktrail.toml"
     config.write_text(text)
     return config
