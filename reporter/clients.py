@@ -16,7 +16,7 @@ import duckdb
 import pyarrow as pa
 import pygal
 
-from .charts import CHART_STYLE, Chart
+from .charts import CHART_STYLE, Chart, _count_labels
 from .sections import HUMAN_CLASSES, HUMAN_CLASSES_SQL, Section, SectionInput
 from .useragents import describe_user_agent
 
@@ -174,14 +174,16 @@ def mail_client_chart(rows: list[ClientRow]) -> Chart | None:
     chart = pygal.HorizontalBar(
         js=[],
         style=CHART_STYLE,
-        width=900,
-        height=120 + 36 * len(rows),
+        # Narrower than the time charts, so that the labels stay readable on an A4 page.
+        width=700,
+        height=100 + 30 * len(rows),
         title=title,
         legend_at_bottom=True,
         disable_xml_declaration=False,
     )
     # pygal draws the first label at the bottom; reversed, the table's order reads top down.
     chart.x_labels = list(reversed(labels))
+    chart.y_labels = _count_labels(max(row.opens for row in rows))
     chart.add("Opens", [row.opens for row in reversed(rows)])
     chart.add("Human opens", [row.human_opens for row in reversed(rows)])
     svg = chart.render(is_unicode=True).encode("utf-8")

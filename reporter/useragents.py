@@ -44,8 +44,8 @@ IMAGE_PROXY = "Image proxy"
 # The user agents of browsers and mail clients run to a few hundred characters. A longer one is
 # padding or an attack, and ua-parser's regex time grows with the length, so it is not parsed.
 MAX_USER_AGENT_CHARS = 1024
-# Distinct user agents kept parsed. NOTE: an estimate: a delivery to 100,000 recipients should
-# show a few thousand distinct user agents, so a run parses each of them once.
+# Distinct user agents kept parsed. The size is an estimate: a delivery to 100,000 recipients is
+# expected to show a few thousand distinct user agents, so each is parsed once per run.
 MAX_CACHED_USER_AGENTS = 20_000
 
 # Values that Apache and other servers log for a request without a User-Agent header.
