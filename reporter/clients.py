@@ -124,13 +124,14 @@ def compute_clients(section_input: SectionInput) -> dict[str, ClientBreakdown]:
     """Compute the breakdown of every active delivery with an open or a click."""
     con = section_input.con
     described = describe_distinct_user_agents(con)
-    log.info("described %d distinct user agents of opens and clicks", described)
 
     by_delivery: dict[str, dict[str, list[ClientRow]]] = {}
     cursor = con.execute(CLIENT_FIGURES_SQL, {"max_rows": MAX_CLIENT_ROWS})
     for delivery_id, dimension, name, _rank, value_count, *figures in cursor.fetchall():
         tables = by_delivery.setdefault(delivery_id, {column: [] for column, _ in DIMENSIONS})
         tables[dimension].append(ClientRow(name, value_count, *figures))
+    log.info("described %d distinct user agents of the opens and clicks of %d deliveries",
+             described, len(by_delivery))
 
     return {delivery_id: ClientBreakdown(
                 tables=[ClientTable(column, heading, tables[column])

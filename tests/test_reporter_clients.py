@@ -13,6 +13,7 @@ from clicktrail.reporter import useragents as ua
 from clicktrail.reporter.catalog import load_catalog
 from clicktrail.reporter.classify import classify_events
 from clicktrail.reporter.period import make_period
+from clicktrail.reporter.render import make_environment, render_html
 from clicktrail.reporter.sections import SectionInput, registered_sections
 from clicktrail.reporter.store import events_dataset, open_store
 from clicktrail.reporter.useragents import ClientDescription, describe_user_agent, mail_client
@@ -350,3 +351,18 @@ def test_breakdown_chart(breakdown_input: SectionInput) -> None:
     assert chart.data_uri.startswith("data:image/svg+xml;base64,")
     assert chart.description.startswith("unknown: 2 opens, 2 human; "
                                         "Apple Mail Privacy Protection: 2 opens, 0 human")
+
+
+def test_section_template_escapes_names() -> None:
+    hostile = "<script>alert('ua')</script>"
+    row = clients.ClientRow(hostile, 1, 1, 1, 1, 1, 0, 0, 0, 0)
+    others = clients.ClientRow(None, 12, 5, 4, 3, 2, 1, 1, 1, 1)
+    data = clients.ClientBreakdown(
+        tables=[clients.ClientTable("browser", "Browser", [row, others])], chart=None)
+
+    html = render_html(make_environment(), "sections/clients.html.j2", {"data": data})
+
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "others (12)" in html
+    assert "Human: hits classed human, proxy_open, unknown." in html
