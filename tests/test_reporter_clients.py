@@ -1,7 +1,10 @@
-"""User agent descriptions, and the mail client breakdown over a hand-made store."""
+"""User agent descriptions, and the mail client breakdown over a hand-made store and the
+bundled logs."""
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -18,7 +21,11 @@ from clicktrail.reporter.sections import SectionInput, registered_sections
 from clicktrail.reporter.store import events_dataset, open_store
 from clicktrail.reporter.useragents import ClientDescription, describe_user_agent, mail_client
 
-from tests.reporter_fixtures import event_row, write_catalog, write_events
+from .conftest import CASES
+from .reporter_fixtures import event_row, write_catalog, write_events
+
+# The nightly run over the bundled logs, shared with the end-to-end tests.
+from .test_end_to_end import demo_reports  # noqa: F401
 
 # User agents logged by real clients and scanners.
 OUTLOOK_UA = "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17928; Pro)"
@@ -366,3 +373,43 @@ def test_section_template_escapes_names() -> None:
     assert "&lt;script&gt;" in html
     assert "others (12)" in html
     assert "Human: hits classed human, proxy_open, unknown." in html
+
+
+# Opens and clicks per mail client of the bundled logs, from the corpus generator's labels.
+EXPECTED_DEMO_CLIENTS = json.loads(
+    (CASES / "expected_demo_clients.json").read_text(encoding="utf-8"))["apache_rich"]
+
+
+def mail_client_rows(html: str) -> dict[str, dict[str, int]]:
+    """Read the raw columns of the "By mail client" table of a delivery report."""
+    table = html.split('id="clients"', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    rows = {}
+    for row in re.findall(r"<tr>(.*?)</tr>", table, re.S):
+        cells = [re.sub(r"<[^>]+>", "", cell).strip()
+                 for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+        numbers = [int(re.sub(r"\D", "", cell)) for cell in cells[1:]]
+        rows[cells[0]] = {"opens": numbers[0], "openers": numbers[1],
+                          "clicks": numbers[4], "clickers": numbers[5]}
+    return rows
+
+
+@pytest.mark.parametrize("delivery", sorted(EXPECTED_DEMO_CLIENTS))
+def test_demo_mail_clients_match_ground_truth(request: pytest.FixtureRequest,
+                                              delivery: str) -> None:
+    report_dir = request.getfixturevalue("demo_reports")
+    html = (report_dir / f"delivery-{delivery}.html").read_text(encoding="utf-8")
+    rows = mail_client_rows(html)
+    expected = EXPECTED_DEMO_CLIENTS[delivery]
+
+    for name, figures in rows.items():
+        if not name.startswith("others ("):
+            assert figures == expected[name], name
+
+    # The others row sums the hits of the clients without a row. Its recipients cannot be
+    # checked, because a recipient can count under several of those clients.
+    rest = [figures for name, figures in expected.items() if name not in rows]
+    if rest:
+        others = rows[f"others ({len(rest)})"]
+        assert others["opens"] == sum(figures["opens"] for figures in rest)
+        assert others["clicks"] == sum(figures["clicks"] for figures in rest)
+    assert len(rows) == min(len(expected), clients.MAX_CLIENT_ROWS + 1)
