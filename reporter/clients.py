@@ -133,11 +133,13 @@ def compute_clients(section_input: SectionInput) -> dict[str, ClientBreakdown]:
     log.info("described %d distinct user agents of the opens and clicks of %d deliveries",
              described, len(by_delivery))
 
-    return {delivery_id: ClientBreakdown(
-                tables=[ClientTable(column, heading, tables[column])
-                        for column, heading in DIMENSIONS],
-                chart=mail_client_chart(tables["mail_client"]))
-            for delivery_id, tables in by_delivery.items()}
+    breakdowns = {}
+    for delivery_id, tables in by_delivery.items():
+        client_tables = [ClientTable(column, heading, tables[column])
+                         for column, heading in DIMENSIONS]
+        breakdowns[delivery_id] = ClientBreakdown(client_tables,
+                                                  mail_client_chart(tables["mail_client"]))
+    return breakdowns
 
 
 def describe_distinct_user_agents(con: duckdb.DuckDBPyConnection) -> int:
