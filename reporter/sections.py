@@ -52,11 +52,13 @@ class Section:
 
 def registered_sections() -> list[Section]:
     """Return the sections in the order the report shows them."""
-    # Imported here because the section modules import this one for Section and its inputs.
+    # Imported here because the section modules import this module's names.
+    from .clients import clients_section
     from .hotclicks import compute_hot_clicks
     from .timeline import timeline_section
 
     return [
         Section(name="hot_clicks", title="Hot clicks", compute=compute_hot_clicks),
         timeline_section(),
+        clients_section(),
     ]
