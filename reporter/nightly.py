@@ -29,6 +29,7 @@ from .charts import time_charts
 from .classify import classify_events
 from .errors import LockedError, OutputError, ReporterError, StoreError
 from .period import ReportPeriod, make_period
+from .recipients import write_recipient_summaries
 from .render import make_environment, render_html, write_pdf
 from .sections import Section, SectionInput, registered_sections
 from .store import Store, events_dataset, open_store, rejects_dataset
@@ -155,6 +156,7 @@ def _compute(store: Store, period: ReportPeriod, scratch: Path,
         section_input = SectionInput(con=con, catalogs=catalogs, period=period, store=store)
         section_data = [(section, section.compute(section_input))
                         for section in registered_sections()]
+        write_recipient_summaries(section_input, scratch)
         quality = DataQuality(rejects=m.count_rejects(con, rejects, period),
                               unattributed=m.count_unattributed(con, period))
     except (duckdb.Error, pa.ArrowException, OSError) as exc:
