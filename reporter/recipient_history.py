@@ -44,7 +44,8 @@ RECIPIENTS_DIR = "recipients"
 
 EVENT_COLUMNS = ["event_id", "event_time", "event_type", "delivery_id", "recipient_id", "link_id",
                  "url", "http_method", "user_agent", "bounce_type", "bounce_reason",
-                 "diagnostic_group", "ingest_time", "source_path", "source_offset"]
+                 "diagnostic_group", "queue_id", "recipient_key", "ingest_time", "source_path",
+                 "source_offset"]
 
 CLASSIFIED_SCHEMA = pa.schema(
     [
@@ -58,10 +59,14 @@ CLASSIFIED_SCHEMA = pa.schema(
 )
 
 # The same dedupe as metrics.LOAD_EVENTS_SQL: one row per event_id, the same copy on every run.
-LOAD_RECIPIENT_EVENTS_SQL = """
+LOAD_RECIPIENT_EVENTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE events AS
 SELECT event_id, event_time, event_type, delivery_id, recipient_id, link_id, url,
-       upper(http_method) AS http_method, user_agent, bounce_type, bounce_reason, diagnostic_group
+       upper(http_method) AS http_method, user_agent, bounce_type, bounce_reason, diagnostic_group,
+       -- One message to one recipient address, as metrics.LOAD_EVENTS_SQL defines it.
+       CASE WHEN event_type IN {m.MTA_EVENT_TYPES!r}
+            THEN coalesce(queue_id, 'NOQUEUE') || '/' || coalesce(recipient_key, recipient_id, event_id)
+       END AS message_recipient
 FROM recipient_events_raw
 QUALIFY row_number() OVER (
     PARTITION BY event_id ORDER BY ingest_time, source_path, source_offset) = 1

@@ -44,12 +44,20 @@ SUMMARY_SCHEMA = pa.schema(
     [
         pa.field("delivery_id", pa.string(), nullable=False),
         pa.field("recipient_id", pa.string(), nullable=False),
-        # delivered, bounced, expired, rejected, deferred_pending, or unknown without MTA events
+        # delivered, bounced, expired, rejected, deferred_pending, mixed (the addresses of the
+        # recipient id ended differently), or unknown without MTA events
         pa.field("status", pa.string(), nullable=False),
-        # Set for bounced and expired only; an expired message is a soft bounce.
+        # The latest address that ended bounced or expired; an expired message is a soft bounce.
         pa.field("bounce_type", pa.string()),
         pa.field("bounce_reason", pa.string()),
         pa.field("diagnostic_group", pa.string()),
+        # Message recipients (addresses) as the delivery figures count them: processed,
+        # delivered, hard and soft bounces, rejected.
+        pa.field("addresses", pa.int64(), nullable=False),
+        pa.field("delivered_addresses", pa.int64(), nullable=False),
+        pa.field("hard_bounced_addresses", pa.int64(), nullable=False),
+        pa.field("soft_bounced_addresses", pa.int64(), nullable=False),
+        pa.field("rejected_addresses", pa.int64(), nullable=False),
         pa.field("first_open_time", TIMESTAMP),
         pa.field("last_open_time", TIMESTAMP),
         pa.field("opens", pa.int64(), nullable=False),
@@ -69,9 +77,11 @@ SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
-# The deciding MTA event of a recipient is its latest one. On equal times a final outcome wins
-# over a deferral, as in metrics.PENDING_SQL, because MTAs log both within the same microsecond.
-# Labels of expired events follow metrics.BOUNCE_REASONS_SQL: soft, reason "expired" if none.
+# A message to a seed list gives several addresses one recipient id, so the status is decided
+# per message recipient (address) first: its latest MTA event, where on equal times a final
+# outcome wins over a deferral, as in metrics.PENDING_SQL. Labels of expired events follow
+# metrics.BOUNCE_REASONS_SQL (soft, reason "expired" if none). The address counts follow
+# metrics.DELIVERY_FIGURES_SQL, so they add up to the delivery's figures.
 # A class outside HUMAN_CLASSES counts as machine; an event without a class counts as neither.
 RECIPIENT_SUMMARY_SQL = f"""
 CREATE OR REPLACE TEMP TABLE recipient_summaries AS
@@ -80,13 +90,48 @@ WITH classes AS (
   FROM event_classes
   GROUP BY event_id
 ),
-deciding AS (
-  SELECT delivery_id, recipient_id, event_type, bounce_type, bounce_reason, diagnostic_group
+mta AS (
+  SELECT *
   FROM events
   WHERE event_type IN {MTA_EVENT_TYPES!r} AND recipient_id IS NOT NULL
+),
+final_states AS (
+  SELECT *
+  FROM mta
   QUALIFY row_number() OVER (
-      PARTITION BY delivery_id, recipient_id
+      PARTITION BY delivery_id, recipient_id, message_recipient
       ORDER BY event_time DESC, (event_type = 'deferred') ASC, event_id) = 1
+),
+outcomes AS (
+  SELECT delivery_id, recipient_id,
+         CASE WHEN count(DISTINCT event_type) = 1 THEN any_value(event_type) ELSE 'mixed' END
+           AS outcome
+  FROM final_states
+  GROUP BY delivery_id, recipient_id
+),
+last_bounces AS (
+  SELECT delivery_id, recipient_id,
+         CASE WHEN event_type = 'expired' THEN 'soft' ELSE bounce_type END AS bounce_type,
+         CASE WHEN event_type = 'expired' THEN coalesce(bounce_reason, 'expired')
+              ELSE bounce_reason END AS bounce_reason,
+         diagnostic_group
+  FROM final_states
+  WHERE event_type IN ('bounced', 'expired')
+  QUALIFY row_number() OVER (
+      PARTITION BY delivery_id, recipient_id ORDER BY event_time DESC, event_id) = 1
+),
+addresses AS (
+  SELECT delivery_id, recipient_id,
+    count(DISTINCT message_recipient) AS addresses,
+    count(DISTINCT message_recipient) FILTER (event_type = 'sent') AS delivered_addresses,
+    count(DISTINCT message_recipient) FILTER (event_type = 'bounced' AND bounce_type = 'hard')
+      AS hard_bounced_addresses,
+    count(DISTINCT message_recipient) FILTER (
+      (event_type = 'bounced' AND bounce_type = 'soft') OR event_type = 'expired')
+      AS soft_bounced_addresses,
+    count(DISTINCT message_recipient) FILTER (event_type = 'rejected') AS rejected_addresses
+  FROM mta
+  GROUP BY delivery_id, recipient_id
 ),
 engagement AS (
   SELECT f.delivery_id, f.recipient_id,
@@ -110,17 +155,17 @@ engagement AS (
   GROUP BY f.delivery_id, f.recipient_id
 )
 SELECT e.delivery_id, e.recipient_id,
-       CASE d.event_type
+       CASE o.outcome
          WHEN 'sent' THEN 'delivered'
          WHEN 'deferred' THEN 'deferred_pending'
-         ELSE coalesce(d.event_type, 'unknown')
+         ELSE coalesce(o.outcome, 'unknown')
        END AS status,
-       CASE WHEN d.event_type = 'expired' THEN 'soft'
-            WHEN d.event_type = 'bounced' THEN d.bounce_type END AS bounce_type,
-       CASE WHEN d.event_type = 'expired' THEN coalesce(d.bounce_reason, 'expired')
-            WHEN d.event_type = 'bounced' THEN d.bounce_reason END AS bounce_reason,
-       CASE WHEN d.event_type IN ('bounced', 'expired') THEN d.diagnostic_group END
-         AS diagnostic_group,
+       b.bounce_type, b.bounce_reason, b.diagnostic_group,
+       coalesce(a.addresses, 0) AS addresses,
+       coalesce(a.delivered_addresses, 0) AS delivered_addresses,
+       coalesce(a.hard_bounced_addresses, 0) AS hard_bounced_addresses,
+       coalesce(a.soft_bounced_addresses, 0) AS soft_bounced_addresses,
+       coalesce(a.rejected_addresses, 0) AS rejected_addresses,
        e.first_open_time, e.last_open_time, e.opens, e.clicks, e.links_clicked,
        coalesce(e.link_ids, []) AS link_ids,
        e.unsubscribed, e.unsubscribe_page_views, e.mirror_page_views,
@@ -128,7 +173,9 @@ SELECT e.delivery_id, e.recipient_id,
        $report_date::DATE AS report_date,
        $counted_until::TIMESTAMPTZ AS counted_until
 FROM engagement AS e
-LEFT JOIN deciding AS d USING (delivery_id, recipient_id)
+LEFT JOIN outcomes AS o USING (delivery_id, recipient_id)
+LEFT JOIN last_bounces AS b USING (delivery_id, recipient_id)
+LEFT JOIN addresses AS a USING (delivery_id, recipient_id)
 ORDER BY e.delivery_id, e.recipient_id
 """
 

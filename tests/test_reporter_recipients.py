@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 from datetime import UTC, date, datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from clicktrail.agent.store import open_store as open_agent_store
+from clicktrail.agent.store import upload_file
 from clicktrail.reporter import metrics as m
 from clicktrail.reporter.cli import main
 from clicktrail.reporter.nightly import run_nightly
 from clicktrail.reporter.period import make_period
+from clicktrail.reporter.recipient_history import load_history, write_history
 from clicktrail.reporter.recipients import (
     SUMMARY_SCHEMA,
     compute_summaries,
@@ -26,7 +32,9 @@ from clicktrail.reporter.recipients import (
 )
 from clicktrail.reporter.store import events_dataset, open_store
 
-from tests.reporter_fixtures import (
+from . import s3_server, test_end_to_end
+from .conftest import CASES
+from .reporter_fixtures import (
     HOSTILE_AGENT,
     HOSTILE_URL,
     SAMPLE_TIMEZONE,
@@ -36,6 +44,12 @@ from tests.reporter_fixtures import (
     write_classified,
     write_events,
 )
+
+moto_server = s3_server.moto_server
+s3_bucket = s3_server.s3_bucket
+s3_env = s3_server.s3_env
+# The agent and the nightly run over the bundled real logs, bound here for pytest to find.
+demo_reports = test_end_to_end.demo_reports
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:HarfBuzz-Subset will be required:DeprecationWarning")
@@ -50,32 +64,40 @@ def utc(text: str) -> datetime:
 
 
 # Delivery d1 of the sample store, by hand from reporter_fixtures._write_newsletter. Columns:
-# recipient, status, bounce type, bounce reason, diagnostic group, first and last open, opens,
-# clicks, links clicked, link ids, unsubscribed, unsubscribe page views, mirror page views,
-# human opens, machine opens, human clicks, machine clicks. Every open and click is classed
-# human on this branch. r2's open at 23:30 UTC on 3 December is after the report date.
+# recipient, status, bounce type, bounce reason, diagnostic group; addresses: processed,
+# delivered, hard bounced, soft bounced, rejected; first and last open, opens, clicks, links
+# clicked, link ids, unsubscribed, unsubscribe page views, mirror page views, human opens,
+# machine opens, human clicks, machine clicks. Every open and click is classed human on this
+# branch. r2's open at 23:30 UTC on 3 December is after the report date.
+NO_BOUNCE = (None, None, None)
 D1_SUMMARIES = [
-    ("r1", "delivered", None, None, None, utc("2026-12-02T09:10"), utc("2026-12-02T09:40"),
-     2, 2, 1, ["L1"], False, 1, 0, 2, 0, 2, 0),
-    # Clicks on the unsubscribe and mirror links are page views, not clicks.
-    ("r10", "delivered", None, None, None, None, None, 0, 0, 0, [], False, 1, 1, 0, 0, 0, 0),
-    ("r11", "delivered", None, None, None, None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
-    ("r2", "delivered", None, None, None, utc("2026-12-02T10:05"), utc("2026-12-02T10:05"),
-     1, 1, 1, ["L2"], False, 0, 1, 1, 0, 1, 0),
-    ("r3", "delivered", None, None, None, None, None, 0, 1, 1, ["L1"], False, 0, 0, 0, 0, 1, 0),
+    ("r1", "delivered", *NO_BOUNCE, 1, 1, 0, 0, 0,
+     utc("2026-12-02T09:10"), utc("2026-12-02T09:40"), 2, 2, 1, ["L1"], False, 1, 0, 2, 0, 2, 0),
+    # Clicks on the unsubscribe and mirror links are page views, not clicks. The deferral
+    # before the delivery counts in no address figure.
+    ("r10", "delivered", *NO_BOUNCE, 1, 1, 0, 0, 0,
+     None, None, 0, 0, 0, [], False, 1, 1, 0, 0, 0, 0),
+    ("r11", "delivered", *NO_BOUNCE, 1, 1, 0, 0, 0,
+     None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
+    ("r2", "delivered", *NO_BOUNCE, 1, 1, 0, 0, 0,
+     utc("2026-12-02T10:05"), utc("2026-12-02T10:05"), 1, 1, 1, ["L2"], False, 0, 1, 1, 0, 1, 0),
+    ("r3", "delivered", *NO_BOUNCE, 1, 1, 0, 0, 0,
+     None, None, 0, 1, 1, ["L1"], False, 0, 0, 0, 0, 1, 0),
     # A GET and then a POST on the unsubscribe URL: one page view, and unsubscribed.
-    ("r4", "delivered", None, None, None, utc("2026-12-03T07:00"), utc("2026-12-03T07:00"),
-     1, 0, 0, [], True, 1, 0, 1, 0, 0, 0),
-    ("r5", "bounced", "hard", "user_unknown", "550 5.1.1 <*@*>: user unknown", None, None,
-     0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
+    ("r4", "delivered", *NO_BOUNCE, 1, 1, 0, 0, 0,
+     utc("2026-12-03T07:00"), utc("2026-12-03T07:00"), 1, 0, 0, [], True, 1, 0, 1, 0, 0, 0),
+    ("r5", "bounced", "hard", "user_unknown", "550 5.1.1 <*@*>: user unknown", 1, 0, 1, 0, 0,
+     None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
     # Deferred, then bounced: the bounce is the latest MTA event.
-    ("r6", "bounced", "soft", "mailbox_full", "552 5.2.2 <*@*>: mailbox full", None, None,
-     0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
+    ("r6", "bounced", "soft", "mailbox_full", "552 5.2.2 <*@*>: mailbox full", 1, 0, 0, 1, 0,
+     None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
     # Expired without a reason or a diagnostic_group (only the raw diagnostic).
-    ("r7", "expired", "soft", "expired", None, None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
-    ("r8", "deferred_pending", None, None, None, None, None,
-     0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
-    ("r9", "rejected", None, None, None, None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
+    ("r7", "expired", "soft", "expired", None, 1, 0, 0, 1, 0,
+     None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
+    ("r8", "deferred_pending", *NO_BOUNCE, 1, 0, 0, 0, 0,
+     None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
+    ("r9", "rejected", *NO_BOUNCE, 1, 0, 0, 0, 1,
+     None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
 ]
 SUMMARY_COLUMNS = SUMMARY_SCHEMA.names[1:-2]
 
@@ -140,9 +162,10 @@ def test_summary_rows_without_mta_data(nightly_store: Path) -> None:
               / f"{summary_file_stem(UNSAFE_DELIVERY_ID)}.parquet")
 
     assert summary_rows(d2) == [
-        ("ra", "unknown", None, None, None, utc("2026-12-03T08:00"), utc("2026-12-03T08:00"),
-         1, 1, 1, ["k9"], False, 0, 0, 1, 0, 1, 0),
-        ("rb", "unknown", None, None, None, None, None, 0, 1, 1, ["k10"], False, 0, 0, 0, 0, 1, 0),
+        ("ra", "unknown", *NO_BOUNCE, 0, 0, 0, 0, 0, utc("2026-12-03T08:00"),
+         utc("2026-12-03T08:00"), 1, 1, 1, ["k9"], False, 0, 0, 1, 0, 1, 0),
+        ("rb", "unknown", *NO_BOUNCE, 0, 0, 0, 0, 0, None, None,
+         0, 1, 1, ["k10"], False, 0, 0, 0, 0, 1, 0),
     ]
     assert pq.read_table(hashed).column("delivery_id").to_pylist() == [UNSAFE_DELIVERY_ID]
     assert pq.read_table(hashed).column("recipient_id").to_pylist() == ["rz"]
@@ -220,6 +243,38 @@ def test_summary_counts_classes(tmp_path: Path) -> None:
     assert (row["opens"], row["human_opens"], row["machine_opens"]) == (4, 2, 1)
     assert (row["clicks"], row["human_clicks"], row["machine_clicks"]) == (2, 1, 1)
     assert row["link_ids"] == ["L1", "L2"]
+
+
+def write_seed_store(store: Path) -> None:
+    """Write delivery ds: one recipient id with three addresses of one message (delivered,
+    bounced, still deferred), and an address that bounced soft and was delivered later."""
+    def mta(recipient: str, event_type: str, time: str, key: str, **extra: object) -> dict:
+        return event_row(event_type=event_type, event_time=time, delivery_id="ds",
+                         recipient_id=recipient, queue_id="Q1", recipient_key=key, **extra)
+
+    write_events(store, [
+        mta("seed", "sent", "2026-12-03T08:00:00Z", "k1"),
+        mta("seed", "bounced", "2026-12-03T08:00:00Z", "k2", bounce_type="hard",
+            bounce_reason="user_unknown", diagnostic_group="550 5.1.1 <*@*>: user unknown"),
+        mta("seed", "deferred", "2026-12-03T08:00:00Z", "k3", bounce_type="soft"),
+        mta("retry", "bounced", "2026-12-03T08:00:00Z", "k4", bounce_type="soft",
+            bounce_reason="mailbox_full"),
+        mta("retry", "sent", "2026-12-03T09:00:00Z", "k4"),
+    ], file_stem="mx1-mta-0")
+
+
+def test_summary_of_seed_addresses(tmp_path: Path) -> None:
+    write_seed_store(tmp_path / "store")
+
+    run_nightly(str(tmp_path / "store"), tmp_path / "out", SAMPLE_TIMEZONE, REPORT_DATE)
+
+    path = tmp_path / "store" / SUMMARIES / "first_event_date=2026-12-03" / "delivery-ds.parquet"
+    assert summary_rows(path) == [
+        ("retry", "delivered", *NO_BOUNCE, 1, 1, 0, 1, 0,
+         None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
+        ("seed", "mixed", "hard", "user_unknown", "550 5.1.1 <*@*>: user unknown", 3, 1, 1, 0, 0,
+         None, None, 0, 0, 0, [], False, 0, 0, 0, 0, 0, 0),
+    ]
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -405,6 +460,36 @@ def test_recipient_classes_from_store(tmp_path: Path) -> None:
     assert totals[3] == "2 human 1 machine 0 not classified yet 1"
 
 
+def test_recipient_seed_addresses_totals(tmp_path: Path) -> None:
+    write_seed_store(tmp_path / "store")
+    config = write_config(tmp_path, tmp_path / "store")
+
+    result = recipient(config, "seed")
+    html = Path(result.stdout.strip()).read_text(encoding="utf-8")
+
+    assert result.exit_code == 0, result.output
+    assert table_rows(html, "totals")[0][1] == (
+        "mixed hard · user unknown 550 5.1.1 <*@*>: user unknown 3 addresses: 1 delivered, "
+        "1 hard and 0 soft bounces, 0 rejected")
+    assert [row[2] for row in table_rows(html, "history")] == [
+        "sent", "bounced hard · user unknown 550 5.1.1 <*@*>: user unknown", "deferred soft"]
+
+
+def test_history_row_limit(tmp_path: Path) -> None:
+    build_sample_store(tmp_path / "store")
+    store = open_store(str(tmp_path / "store"))
+
+    history = load_history(store, "r1", max_rows=2)
+    target = write_history(history, ZoneInfo(SAMPLE_TIMEZONE), "html", tmp_path / "r1.html")
+
+    assert history.total_events == 7
+    assert len(history.rows) == 2
+    assert history.deliveries[0].summary["opens"] == 2
+    html = target.read_text(encoding="utf-8")
+    assert table_rows(html, "history") == R1_HISTORY[:2]
+    assert "The table shows the first 2 of 7 events; the totals count all of them." in html
+
+
 def test_recipient_output_option(sample_config: Path, tmp_path: Path) -> None:
     target = tmp_path / "history.pdf"
 
@@ -548,3 +633,100 @@ def test_erase_of_one_delivery_deletes_emptied_file(summarised: Path) -> None:
     assert f"deleted summaries/recipients/first_event_date=2026-12-03/{hashed}: no rows remained" \
         in only.output
     assert not (store / SUMMARIES / "first_event_date=2026-12-03" / hashed).exists()
+
+
+# The bundled real logs through the agent, then the nightly run: the summaries add up to the
+# ground truth of each delivery.
+
+EXPECTED = json.loads((CASES / "expected_demo_logs.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo_summaries(demo_reports: Path) -> dict[str, dict[str, int]]:
+    # demo_reports is OUTPUT_DIR/2026-12-04 of a run that put the store beside OUTPUT_DIR.
+    workdir = demo_reports.parent.parent
+    pattern = str(workdir / "store" / SUMMARIES / "*" / "*.parquet")
+    relation = duckdb.sql(
+        "SELECT delivery_id, count(*) AS recipients, count(DISTINCT recipient_id) AS distinct_ids, "
+        "sum(addresses) AS processed, sum(delivered_addresses) AS delivered, "
+        "sum(hard_bounced_addresses) AS hard_bounces, "
+        "sum(soft_bounced_addresses) AS soft_bounces, sum(rejected_addresses) AS rejected, "
+        "count(*) FILTER (status = 'mixed') AS mixed, "
+        "sum(opens) AS opens, sum(clicks) AS clicks, sum(mirror_page_views) AS mirror, "
+        "count(*) FILTER (opens > 0) AS openers, count(*) FILTER (clicks > 0) AS clickers, "
+        "count(*) FILTER (opens > 0 OR clicks > 0) AS openers_or_clickers, "
+        "count(*) FILTER (unsubscribed) AS unsubscribers "
+        "FROM read_parquet($pattern) GROUP BY delivery_id", params={"pattern": pattern})
+    columns = relation.columns
+    return {row[0]: dict(zip(columns, row, strict=True)) for row in relation.fetchall()}
+
+
+@pytest.mark.parametrize("delivery", ["bb08d0", "7d81d5"])
+def test_demo_summary_addresses(demo_summaries, delivery: str) -> None:
+    summary = demo_summaries[delivery]
+    mta = EXPECTED["postfix_runA"][delivery]
+
+    assert summary["recipients"] == summary["distinct_ids"]
+    assert summary["processed"] == sum(mta.values())
+    assert summary["delivered"] == mta["sent"]
+    assert summary["hard_bounces"] == mta["bounced"]
+    assert summary["soft_bounces"] == mta["expired"]
+    assert summary["rejected"] == mta["rejected"]
+    # The logs include seed-list messages whose addresses ended differently.
+    assert summary["mixed"] > 0
+
+
+@pytest.mark.parametrize("delivery", ["bb08d0", "7d81d5", "5a4865", "1534f7", "3440b0", "c51a19"])
+def test_demo_summary_engagement(demo_summaries, delivery: str) -> None:
+    summary = demo_summaries[delivery]
+    hits = EXPECTED["apache_rich"][delivery]
+    unique = EXPECTED["apache_unique_rich"][delivery]
+
+    assert summary["opens"] == hits["open"]
+    assert summary["clicks"] == hits["click"]
+    assert summary["mirror"] == hits.get("mirror", 0)
+    assert summary["openers"] == unique["unique_openers"]
+    assert summary["clickers"] == unique["unique_clickers"]
+    assert summary["unsubscribers"] == unique["unsubscribers"]
+
+
+def test_summaries_and_history_on_s3(moto_server, s3_bucket, tmp_path: Path) -> None:
+    local = tmp_path / "store"
+    build_sample_store(local)
+    url = f"s3://{s3_bucket}/prefix"
+    remote = open_agent_store(url, moto_server.endpoint, s3_server.REGION)
+    for top, _, names in os.walk(local):
+        for name in names:
+            relative = os.path.relpath(os.path.join(top, name), local)
+            upload_file(remote, os.path.join(top, name), relative)
+    store = open_store(url, moto_server.endpoint, s3_server.REGION)
+
+    def nightly() -> list[str]:
+        run_nightly(url, tmp_path / "out", SAMPLE_TIMEZONE, REPORT_DATE,
+                    store_endpoint_override=moto_server.endpoint, store_region=s3_server.REGION)
+        selector = pafs.FileSelector(store.path(SUMMARIES.as_posix()), recursive=True)
+        root = store.path(SUMMARIES.as_posix()) + "/"
+        return sorted(info.path[len(root):] for info in store.filesystem.get_file_info(selector)
+                      if info.type == pafs.FileType.File)
+
+    first = nightly()
+    backfill = write_events(tmp_path / "backfill", [event_row(
+        event_type="open", event_time="2026-12-01T08:00:00Z", delivery_id="d2",
+        recipient_id="rc", http_method="GET")], file_stem="mx9-tracking-0")[0]
+    upload_file(remote, str(backfill), os.path.relpath(backfill, tmp_path / "backfill"))
+    second = nightly()
+
+    hashed = f"{summary_file_stem(UNSAFE_DELIVERY_ID)}.parquet"
+    assert first == ["first_event_date=2026-12-02/delivery-d1.parquet",
+                     "first_event_date=2026-12-03/delivery-d2.parquet",
+                     f"first_event_date=2026-12-03/{hashed}"]
+    assert second == ["first_event_date=2026-12-01/delivery-d2.parquet",
+                      "first_event_date=2026-12-02/delivery-d1.parquet",
+                      f"first_event_date=2026-12-03/{hashed}"]
+    with store.filesystem.open_input_file(
+            store.path(f"{SUMMARIES.as_posix()}/{second[1]}")) as source:
+        d1 = pq.ParquetFile(source).read()
+    assert d1.column("recipient_id").to_pylist() == [row[0] for row in D1_SUMMARIES]
+    history = load_history(store, "r1")
+    assert history.total_events == 7
+    assert [totals.delivery_id for totals in history.deliveries] == ["d1", "old"]
