@@ -251,8 +251,7 @@ def _history_rows(con: duckdb.DuckDBPyConnection, catalogs: dict[str, DeliveryCa
             delivery_id=event["delivery_id"],
             event=EVENT_LABELS.get(event["figure"], event["figure"]),
             detail=_detail(event),
-            diagnostic=event["diagnostic_group"] if event["event_type"] in m.MTA_EVENT_TYPES
-            else None,
+            diagnostic=_diagnostic(event),
             url=event["url"] or (link.url if link else None),
             link_label=link.label if link else None,
             client=client_label(event["user_agent"]),
@@ -260,6 +259,13 @@ def _history_rows(con: duckdb.DuckDBPyConnection, catalogs: dict[str, DeliveryCa
             reasons=tuple(event["reasons"] or ()),
         ))
     return rows
+
+
+def _diagnostic(event: dict) -> str | None:
+    # A sent event's reply ("250 2.0.0 Ok: queued as *") adds nothing to the word "sent".
+    if event["event_type"] in m.MTA_EVENT_TYPES and event["event_type"] != "sent":
+        return event["diagnostic_group"]
+    return None
 
 
 def _detail(event: dict) -> str | None:

@@ -19,7 +19,7 @@ import os
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import duckdb
@@ -197,7 +197,7 @@ class SummaryFiles:
 
 
 def compute_summaries(con: duckdb.DuckDBPyConnection, report_date: date,
-                      counted_until: object) -> None:
+                      counted_until: datetime) -> None:
     """Create the temp table recipient_summaries from `events`, `figure_events` and
     `event_classes`: one row per (delivery, recipient) with a recipient id."""
     con.execute(RECIPIENT_SUMMARY_SQL, {"report_date": report_date, "counted_until": counted_until})
@@ -250,17 +250,18 @@ def write_recipient_summaries(source: SectionInput, scratch: Path) -> SummaryFil
 
 
 def summary_file_stem(delivery_id: str) -> str:
-    """Name a delivery's summary file as nightly.report_file_stem names its reports."""
+    """Name a delivery's summary file by the rule of nightly.report_file_stem."""
     return safe_file_stem("delivery", delivery_id)
 
 
 def safe_file_stem(kind: str, value: str) -> str:
-    """Build a file name stem from a fixed word and an id; ids that are not plain names are hashed.
+    """Build a file name stem from a fixed word and an id, hashing ids that are not plain names.
 
-    The hashed form `<kind>.id-<hash>` contains a dot, which SAFE_ID excludes, so it cannot
-    collide with the stem of a plain id.
+    The hashed form `<kind>.id-<hash>` (24 hex digits of SHA-256) contains a dot, which SAFE_ID
+    excludes, so it cannot equal the stem of a plain id.
     """
-    if SAFE_ID.match(value):
+    # fullmatch: with match, the pattern's `$` also accepts an id that ends in a newline.
+    if SAFE_ID.fullmatch(value):
         return f"{kind}-{value}"
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:24]
     return f"{kind}.id-{digest}"

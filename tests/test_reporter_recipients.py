@@ -63,12 +63,10 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
-# Delivery d1 of the sample store, by hand from reporter_fixtures._write_newsletter. Columns:
-# recipient, status, bounce type, bounce reason, diagnostic group; addresses: processed,
-# delivered, hard bounced, soft bounced, rejected; first and last open, opens, clicks, links
-# clicked, link ids, unsubscribed, unsubscribe page views, mirror page views, human opens,
-# machine opens, human clicks, machine clicks. Every open and click is classed human on this
-# branch. r2's open at 23:30 UTC on 3 December is after the report date.
+# Delivery d1 of the sample store, by hand from reporter_fixtures._write_newsletter, in the
+# columns of SUMMARY_SCHEMA from recipient_id to machine_clicks. Every open and click is
+# classed human by the placeholder classifier. r2's open at 23:30 UTC on 3 December is after
+# the report date.
 NO_BOUNCE = (None, None, None)
 D1_SUMMARIES = [
     ("r1", "delivered", *NO_BOUNCE, 1, 1, 0, 0, 0,
@@ -283,7 +281,8 @@ def test_summary_of_seed_addresses(tmp_path: Path) -> None:
     ("../x", "delivery.id-"),
     ("a\r\nb", "delivery.id-"),
     ("x" * 65, "delivery.id-"),
-], ids=["plain", "underscore-dash", "dot-slash", "crlf", "too-long"])
+    ("d1\n", "delivery.id-"),
+], ids=["plain", "underscore-dash", "dot-slash", "crlf", "too-long", "trailing-newline"])
 def test_safe_file_stem(value: str, expected: str) -> None:
     stem = safe_file_stem("delivery", value)
 
@@ -515,6 +514,14 @@ def test_recipient_empty_id_exit_2(sample_config: Path) -> None:
 
     assert result.exit_code == 2
     assert "Invalid value for RECIPIENT_ID: expected 1-1024 characters, got 0" in result.stderr
+
+
+def test_recipient_help_has_example() -> None:
+    result = CliRunner().invoke(main, ["recipient", "--help"])
+
+    assert result.exit_code == 0
+    assert "Example: clicktrail-report recipient --config clicktrail.toml --format pdf" in result.output
+    assert "--output FILE" in result.output
 
 
 def test_recipient_missing_store_exit_1(tmp_path: Path) -> None:
