@@ -207,7 +207,8 @@ def _load_events(con: duckdb.DuckDBPyConnection, events: ds.Dataset, recipient_i
     con.register("recipient_events_raw", scanner.to_reader())
     con.execute(LOAD_RECIPIENT_EVENTS_SQL)
     con.unregister("recipient_events_raw")
-    return con.execute("SELECT count(*) FROM events").fetchone()[0]
+    (total,) = con.execute("SELECT count(*) FROM events").fetchall()[0]
+    return total
 
 
 def _load_catalogs(con: duckdb.DuckDBPyConnection, store: Store) -> dict[str, DeliveryCatalog]:
