@@ -8,6 +8,7 @@ the delivery catalog. The totals per delivery are the same figures as the recipi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -323,9 +324,17 @@ def write_history(history: RecipientHistory, zone: ZoneInfo, output_format: str,
             temporary.write_text(html, encoding="utf-8")
         os.replace(temporary, target)
     except OSError as exc:
+        _remove_quietly(temporary)
         raise OutputError(f"cannot write {target}: {exc}; check --output or [report] output_dir",
                           path=str(target)) from exc
-    finally:
-        temporary.unlink(missing_ok=True)
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
     log.info("wrote the tracking history of one recipient to %s", target)
     return target
+
+
+def _remove_quietly(path: Path) -> None:
+    # The folder may be missing or be a file, which is the error being reported already.
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

@@ -453,6 +453,11 @@ def test_recipient_classes_from_store(tmp_path: Path) -> None:
          "class": "human", "reasons": []},
     ])
 
+    # A file that a classifier is still writing, under a hidden temporary name, is not read.
+    partial = tmp_path / "store" / "classified" / "event_date=2026-12-03" / ".part.parquet.tmp-1"
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"PAR1 not finished")
+
     result = recipient(config, "r1")
     html = Path(result.stdout.strip()).read_text(encoding="utf-8")
 
@@ -505,6 +510,18 @@ def test_recipient_output_option(sample_config: Path, tmp_path: Path) -> None:
     assert result.stdout.strip() == str(target)
     assert target.read_bytes().startswith(b"%PDF-")
     assert os.listdir(tmp_path) == ["history.pdf"]
+
+
+def test_recipient_unwritable_output_exit_1(sample_config: Path, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
+    target = tmp_path / "a-file" / "r1.html"
+
+    result = recipient(sample_config, "--output", str(target), "r1")
+
+    assert result.exit_code == 1
+    assert f"Error: cannot write {target}: " in result.stderr
+    assert "check --output or [report] output_dir" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]
 
 
 def test_recipient_without_events_exit_1(sample_config: Path) -> None:
