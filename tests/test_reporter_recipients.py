@@ -594,6 +594,16 @@ def test_hostile_recipient_id_escaped_in_heading(hostile_config: Path) -> None:
     assert '<span class="mono">&lt;script&gt;alert(1)&lt;/script&gt;</span>' in html
 
 
+def test_hostile_delivery_id_escaped_in_history(sample_config: Path) -> None:
+    result = recipient(sample_config, "rz")
+    html = Path(result.stdout.strip()).read_text(encoding="utf-8")
+
+    assert result.exit_code == 0, result.output
+    assert "../evil<script>" not in html
+    assert table_rows(html, "history")[0][1] == "Delivery ../evil<script>"
+    assert "<td>Delivery ../evil&lt;script&gt;</td>" in html
+
+
 def test_hostile_recipient_id_quoted_in_error(hostile_config: Path) -> None:
     result = recipient(hostile_config, "../y\r\nInjected: line")
 
