@@ -8,7 +8,9 @@ import ssl
 import sys
 from collections.abc import Iterable
 from datetime import date, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import click
 from clicktrail.agent.config import ConfigError, load_config
@@ -18,7 +20,8 @@ from .catalog import import_catalog
 from .errors import ReporterError
 from .mail import EMAIL_DIR, email_reports
 from .nightly import MAX_BACKFILL_DAYS, NightlyResult, backfill_dates, run_backfill, run_nightly
-from .retention import check_erasable_ids, erase_recipient, purge_before
+from .recipient_history import MAX_RECIPIENT_ID_CHARS, default_output_path, load_history, write_history
+from .retention import check_erasable_ids, erase_recipient, partition_key, purge_before
 from .store import Store, open_store
 
 if TYPE_CHECKING:
@@ -227,10 +230,11 @@ def import_catalog_command(config_path: str, files: tuple[str, ...]) -> None:
                    "kept.")
 @click.option("--dry-run", is_flag=True, help="List the partitions to delete without deleting.")
 def purge(config_path: str, before: datetime, dry_run: bool) -> None:
-    """Delete events/, rejects/ and classified/ partitions dated before a day.
+    """Delete events/, rejects/, classified/ and summaries/recipients/ partitions dated before a
+    day.
 
-    Only folders named event_date=YYYY-MM-DD are deleted. Any other entry is left alone and
-    listed.
+    Only folders named event_date=YYYY-MM-DD (first_event_date=YYYY-MM-DD in
+    summaries/recipients/) are deleted. Any other entry is left alone and listed.
 
     Example: clicktrail-report purge --config /etc/clicktrail/clicktrail.toml --before 2026-06-01
     """
@@ -244,7 +248,8 @@ def purge(config_path: str, before: datetime, dry_run: bool) -> None:
     for relative in result.deleted:
         click.echo(f"{verb} {relative}")
     for relative in result.unrecognised:
-        click.echo(f"left alone {relative}: not a partition named event_date=YYYY-MM-DD")
+        click.echo(f"left alone {relative}: not a partition named "
+                   f"{partition_key(relative)}=YYYY-MM-DD")
     click.echo(f"{len(result.deleted)} partitions {verb}, {result.kept} kept, "
                f"{len(result.unrecognised)} other entries left alone", err=True)
 
@@ -259,7 +264,8 @@ def purge(config_path: str, before: datetime, dry_run: bool) -> None:
               help="Erase only this delivery's events of the recipient.")
 def erase_recipient_command(config_path: str, recipient_id: str,
                             delivery_id: str | None) -> None:
-    """Rewrite the events/ files that contain a recipient's events without them.
+    """Rewrite the events/ and summaries/recipients/ files that contain a recipient's rows
+    without them.
 
     rejects/ is not changed, and its raw lines can still contain the id.
 
@@ -282,6 +288,50 @@ def erase_recipient_command(config_path: str, recipient_id: str,
     click.echo(f"{result.rows_removed} rows removed from "
                f"{len(result.files_rewritten) + len(result.files_deleted)} of "
                f"{result.files_scanned} files", err=True)
+
+
+@main.command("recipient")
+@click.option("--config", "config_path", required=True,
+              type=click.Path(exists=True, dir_okay=False),
+              help="The clicktrail TOML config file ([store] and [report] are read).")
+@click.option("--format", "output_format", type=click.Choice(["html", "pdf"]), default="html",
+              show_default=True, help="The output file format.")
+@click.option("--output", "output_path", type=click.Path(dir_okay=False), default=None,
+              help="The file to write. Default: OUTPUT_DIR/recipients/recipient-ID.html (or .pdf); "
+                   "an id that is not 1-64 letters, digits, '_' or '-' is replaced by a hash.")
+@click.argument("recipient_id")
+def recipient_command(config_path: str, output_format: str, output_path: str | None,
+                      recipient_id: str) -> None:
+    """Render one recipient's tracking history: every event with its time, delivery, URL,
+    client and class, and totals per delivery.
+
+    RECIPIENT_ID is the recipient id of the events (Adobe Campaign's broadlog id), matched
+    exactly. The exit status is 1 when the store has no event of it. Times are shown in
+    [report] timezone. The path of the written file is printed.
+
+    Example: clicktrail-report recipient --config clicktrail.toml --format pdf 1f3a9c
+    """
+    if not 1 <= len(recipient_id) <= MAX_RECIPIENT_ID_CHARS:
+        raise click.BadParameter(f"expected 1-{MAX_RECIPIENT_ID_CHARS} characters, got "
+                                 f"{len(recipient_id)}", param_hint="RECIPIENT_ID")
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise ConfigClickError(str(exc)) from exc
+
+    if output_path is not None:
+        target = Path(output_path)
+    else:
+        target = default_output_path(config.report.output_dir, recipient_id, output_format)
+    try:
+        store = open_store(config.store.url, config.store.endpoint_override, config.store.region)
+        history = load_history(store, recipient_id)
+        write_history(history, ZoneInfo(config.report.timezone), output_format, target)
+    except ReporterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{history.total_events} events of the recipient in {len(history.deliveries)} "
+               "deliveries", err=True)
+    click.echo(str(target))
 
 
 def _open_configured_store(config_path: str) -> Store:

@@ -31,6 +31,7 @@ from .catalog import DeliveryCatalog, load_catalog
 from .classify import write_classified
 from .errors import LockedError, OutputError, ReporterError, StoreError
 from .period import ReportPeriod, make_period
+from .recipients import write_recipient_summaries
 from .render import make_environment, render_html, write_pdf
 from .sections import Section, SectionInput, registered_sections
 from .store import Store, events_dataset, open_store, rejects_dataset
@@ -211,6 +212,7 @@ def _compute(store: Store, period: ReportPeriod, scratch: Path, max_memory_bytes
         section_input = SectionInput(con=con, catalogs=catalogs, period=period, store=store)
         section_data = [(section, section.compute(section_input))
                         for section in registered_sections()]
+        write_recipient_summaries(section_input, scratch)
         quality = DataQuality(rejects=m.count_rejects(con, rejects, period),
                               unattributed=m.count_unattributed(con, period),
                               sources=m.source_freshness(con, period))

@@ -1,4 +1,4 @@
-"""Retention and erasure in the store: delete old partitions, remove one recipient's events.
+"""Retention and erasure in the store: delete old partitions, remove one recipient's rows.
 
 Both work through the store's pyarrow filesystem, so the same code serves a local folder and
 S3-compatible storage.
@@ -16,15 +16,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from clicktrail.agent.schema import CLASSIFIED_DIR, EVENTS_DIR, REJECTS_DIR
+from clicktrail.agent.schema import CLASSIFIED_DIR, EVENTS_DIR, REJECTS_DIR, SUMMARIES_DIR
 
 from .errors import StoreError
 from .store import Store
 
 log = logging.getLogger(__name__)
 
-PURGED_AREAS = (EVENTS_DIR, REJECTS_DIR, CLASSIFIED_DIR)
-PARTITION_NAME = re.compile(r"event_date=([0-9]{4}-[0-9]{2}-[0-9]{2})")
+# Each area with the Hive key of its dated partitions, whose value is a UTC day: of the events,
+# or for recipient summaries of the delivery's first event. So a purge also deletes every
+# summary that counts an event of a purged day.
+PURGED_AREAS = (
+    (EVENTS_DIR, "event_date"),
+    (REJECTS_DIR, "event_date"),
+    (CLASSIFIED_DIR, "event_date"),
+    (SUMMARIES_DIR, "first_event_date"),
+)
+PARTITION_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# Areas whose rows carry a recipient_id column.
+ERASED_AREAS = (EVENTS_DIR, SUMMARIES_DIR)
 # The characters and length that the agent accepts in ids (routes.VALID_ID), so that every
 # stored id can be erased.
 ERASABLE_ID = re.compile(r"[A-Za-z0-9_.:@+=-]{1,128}")
@@ -36,7 +46,8 @@ class PurgeResult:
 
     deleted: list[str] = field(default_factory=list)
     kept: int = 0
-    # Entries of an area whose name is not event_date=YYYY-MM-DD with a valid date.
+    # Entries of an area whose name is not its partition key (event_date or first_event_date)
+    # with a valid YYYY-MM-DD date.
     unrecognised: list[str] = field(default_factory=list)
 
 
@@ -51,17 +62,18 @@ class EraseResult:
 
 
 def purge_before(store: Store, before: date, *, dry_run: bool = False) -> PurgeResult:
-    """Delete the partitions of events/, rejects/ and classified/ dated before `before`.
+    """Delete the partitions of events/, rejects/, classified/ and summaries/recipients/ dated
+    before `before`.
 
-    Partition dates are UTC days, as the agent writes them. Raises StoreError when the store
-    cannot be listed or a partition cannot be deleted. Partitions deleted until then stay
-    deleted and are logged.
+    Partition dates are UTC days, as the agent and the nightly run write them. Raises
+    StoreError when the store cannot be listed or a partition cannot be deleted. Partitions
+    deleted until then stay deleted and are logged.
     """
     result = PurgeResult()
-    for area in PURGED_AREAS:
+    for area, key in PURGED_AREAS:
         for info in _list(store, area, recursive=False):
             relative = f"{area}/{info.base_name}"
-            day = _partition_date(info)
+            day = _partition_date(info, key)
             if day is None:
                 result.unrecognised.append(relative)
                 continue
@@ -79,21 +91,30 @@ def purge_before(store: Store, before: date, *, dry_run: bool = False) -> PurgeR
     return result
 
 
-def _partition_date(info: pafs.FileInfo) -> date | None:
+def partition_key(relative: str) -> str:
+    """Return the partition key of the area that contains relative (a path in the store)."""
+    for area, key in PURGED_AREAS:
+        if relative.startswith(f"{area}/"):
+            return key
+    raise ValueError(f"{relative!r} is in no purged area")
+
+
+def _partition_date(info: pafs.FileInfo, key: str) -> date | None:
     if info.type != pafs.FileType.Directory:
         return None
-    match = PARTITION_NAME.fullmatch(info.base_name)
-    if match is None:
+    name, _, value = info.base_name.partition("=")
+    if name != key or not PARTITION_DATE.fullmatch(value):
         return None
     try:
-        return date.fromisoformat(match.group(1))
+        return date.fromisoformat(value)
     except ValueError:
         return None
 
 
 def erase_recipient(store: Store, recipient_id: str,
                     delivery_id: str | None = None) -> EraseResult:
-    """Rewrite every events/ file that contains rows of recipient_id without those rows.
+    """Rewrite every events/ and summaries/recipients/ file that contains rows of recipient_id
+    without those rows.
 
     With delivery_id, only that delivery's rows of the recipient are removed. A file left with
     no rows is deleted. Raises ValueError on an invalid id and StoreError when a file cannot be
@@ -105,32 +126,42 @@ def erase_recipient(store: Store, recipient_id: str,
     """
     check_erasable_ids(recipient_id, delivery_id)
     result = EraseResult()
-    for info in _list(store, EVENTS_DIR, recursive=True):
-        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
-            continue
-        if _is_hidden(store, info.path):
-            continue
-        result.files_scanned += 1
-        table = _read_parquet(store, info.path)
-        matches = pc.equal(table.column("recipient_id"), recipient_id)
-        if delivery_id is not None:
-            matches = pc.and_(matches, pc.equal(table.column("delivery_id"), delivery_id))
-        matches = matches.fill_null(False)
-        removed = pc.sum(matches).as_py() or 0
-        if removed == 0:
-            continue
-
-        relative = info.path[len(store.root.rstrip("/")) + 1:]
-        remaining = table.filter(pc.invert(matches))
-        if remaining.num_rows == 0:
-            _delete_file(store, info.path, relative)
-            result.files_deleted.append(relative)
-        else:
-            _replace_parquet(store, info.path, remaining, relative)
-            result.files_rewritten.append(relative)
-        result.rows_removed += removed
-        log.info("removed %d rows of one recipient from %s", removed, relative)
+    for area in ERASED_AREAS:
+        for info in _list(store, area, recursive=True):
+            if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+                continue
+            if _is_hidden(store, info.path):
+                continue
+            result.files_scanned += 1
+            _erase_in_file(store, info, recipient_id, delivery_id, result)
     return result
+
+
+def _erase_in_file(store: Store, info: pafs.FileInfo, recipient_id: str,
+                   delivery_id: str | None, result: EraseResult) -> None:
+    relative = info.path[len(store.root.rstrip("/")) + 1:]
+    table = _read_parquet(store, info.path)
+    if "recipient_id" not in table.column_names or "delivery_id" not in table.column_names:
+        raise StoreError(f"cannot erase from {relative} in store {store.url}: the file has no "
+                         "recipient_id or delivery_id column; move it out of the store",
+                         store_url=store.url)
+    matches = pc.equal(table.column("recipient_id"), recipient_id)
+    if delivery_id is not None:
+        matches = pc.and_(matches, pc.equal(table.column("delivery_id"), delivery_id))
+    matches = matches.fill_null(False)
+    removed = pc.sum(matches).as_py() or 0
+    if removed == 0:
+        return
+
+    remaining = table.filter(pc.invert(matches))
+    if remaining.num_rows == 0:
+        _delete_file(store, info.path, relative)
+        result.files_deleted.append(relative)
+    else:
+        _replace_parquet(store, info.path, remaining, relative)
+        result.files_rewritten.append(relative)
+    result.rows_removed += removed
+    log.info("removed %d rows of one recipient from %s", removed, relative)
 
 
 def check_erasable_ids(recipient_id: str, delivery_id: str | None = None) -> None:

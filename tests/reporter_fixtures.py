@@ -320,3 +320,21 @@ def _write_other_events(store: Path) -> None:
         # Ingested after the period ends.
         reject_row(ingest_time="2026-12-04T10:00:00Z"),
     ])
+
+
+def write_classified(store: Path, day: str, rows: list[dict[str, Any]],
+                     file_stem: str = "classified-0") -> Path:
+    """Write classification rows (event_id, delivery_id, event_type, class, reasons) into the
+    classified/event_date=<day>/ partition, in the store's classified/ layout."""
+    table_schema = pa.schema([
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("delivery_id", pa.string()),
+        pa.field("event_type", pa.string()),
+        pa.field("class", pa.string(), nullable=False),
+        pa.field("reasons", pa.list_(pa.string())),
+    ])
+    folder = store / schema.CLASSIFIED_DIR / f"event_date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{file_stem}.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table_schema), path)
+    return path
