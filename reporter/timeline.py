@@ -54,14 +54,19 @@ GROUP BY delivery_id
 
 # ASOF LEFT JOIN puts each hit in the last bucket that starts at or before it. Buckets are
 # contiguous up to the period's end and `events` stops there, so only hits before the first
-# bucket get no bucket (NULL). A hit without a class row is not human.
+# bucket get no bucket (NULL). A hit without a class row is not human. As in the delivery
+# figures, an image proxy's hits count as one human open per recipient: its first.
 BUCKET_COUNTS_SQL = f"""
 WITH hits AS (
-  SELECT f.delivery_id, f.figure, f.event_time,
-         coalesce(c.class IN {HUMAN_CLASSES_SQL}, false) AS human
-  FROM figure_events AS f
-  LEFT JOIN event_classes AS c USING (event_id)
-  WHERE f.figure IN ('open', 'click')
+  SELECT delivery_id, figure, event_time,
+         coalesce(class IN {HUMAN_CLASSES_SQL}, false)
+           AND (class <> 'proxy_open'
+                OR (recipient_id IS NOT NULL
+                    AND row_number() OVER (
+                          PARTITION BY delivery_id, recipient_id, figure, class
+                          ORDER BY event_time, event_id) = 1)) AS human
+  FROM figure_events
+  WHERE figure IN ('open', 'click')
 )
 SELECT h.delivery_id, b.bucket, h.figure,
        count(*) AS hits,

@@ -122,3 +122,17 @@ def test_index_links_every_delivery(demo_reports):
     for delivery in ("bb08d0", "7d81d5", "5a4865", "1534f7", "3440b0", "c51a19"):
         assert f'href="delivery-{delivery}.html"' in index
         assert (demo_reports / f"delivery-{delivery}.html").exists()
+
+
+@pytest.mark.parametrize("delivery", ["bb08d0", "3440b0"])
+def test_timeline_totals_match_delivery_figures(demo_reports, delivery):
+    """The over-time table adds up to the engagement figures, proxy opens counted once."""
+    text = pdf_text(demo_reports / f"delivery-{delivery}.pdf")
+    hits = EXPECTED["apache_rich"][delivery]
+    human = EXPECTED["apache_classes_rich"][delivery]
+
+    match = re.search(r"^\s*Total\s+([\d  ]+?)\s{2,}([\d  ]+?)\s{2,}([\d  ]+?)\s{2,}([\d  ]+)$",
+                      text, re.M)
+    assert match, "the timeline's Total row not found"
+    totals = [int(re.sub(r"\D", "", group)) for group in match.groups()]
+    assert totals == [hits["open"], human["human_opens"], hits["click"], human["human_clicks"]]

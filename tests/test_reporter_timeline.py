@@ -389,7 +389,8 @@ def test_report_shows_dst_rows(tmp_path: Path) -> None:
     assert "Start: 2026-10-25 00:00 CEST, from the catalog&#39;s send time." in html
     assert "<td>Sun 2026-10-25 02:00 (UTC+02:00)</td><td class=\"num\">1</td>" in html
     assert "<td>Sun 2026-10-25 02:00 (UTC+01:00)</td><td class=\"num\">2</td>" in html
-    assert len(re.findall(r'<img src="data:image/svg\+xml;base64,', html)) == 2
+    timeline = html.split('id="timeline"', 1)[1].split("</section>", 1)[0]
+    assert len(re.findall(r'<img src="data:image/svg\+xml;base64,', timeline)) == 2
     assert "Time to 50 %" in text
     assert "Sun 2026-10-25 02:00 (UTC+02:00) 1 1 0 0" in text
     assert "Sun 2026-10-25 02:00 (UTC+01:00) 2 2 0 0" in text
