@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,7 +49,9 @@ class EraseResult:
     files_scanned: int = 0
     files_rewritten: list[str] = field(default_factory=list)
     files_deleted: list[str] = field(default_factory=list)
+    # Event rows and reject rows together; reject_rows_removed counts the latter alone.
     rows_removed: int = 0
+    reject_rows_removed: int = 0
 
 
 def purge_before(store: Store, before: date, *, dry_run: bool = False) -> PurgeResult:
@@ -93,29 +97,61 @@ def _partition_date(info: pafs.FileInfo) -> date | None:
 
 def erase_recipient(store: Store, recipient_id: str,
                     delivery_id: str | None = None) -> EraseResult:
-    """Rewrite every events/ file that contains rows of recipient_id without those rows.
+    """Rewrite every events/ and rejects/ file that contains rows of recipient_id without them.
 
-    With delivery_id, only that delivery's rows of the recipient are removed. A file left with
-    no rows is deleted. Raises ValueError on an invalid id and StoreError when a file cannot be
-    read or written. Files rewritten until then stay rewritten.
+    With delivery_id, only that delivery's rows of the recipient are removed. An event row
+    matches on its recipient_id (and delivery_id) column. A reject row keeps only the raw
+    line, so it matches when the line contains the id as text, as it is or percent-encoded
+    (and the delivery id too, when given). A short id can therefore remove rejects of other
+    recipients: rejects are diagnostics, and erasure errs toward removing them. A file left
+    with no rows is deleted. Raises ValueError on an invalid id and StoreError when a file
+    cannot be read or written. Files rewritten until then stay rewritten.
 
-    NOTE: rejects/ keeps raw log lines, which can contain the recipient id in a URL, and this
-    function does not touch them. Files that the agent uploads while it runs are not scanned,
-    so run it again after the agent has uploaded everything up to the request.
+    NOTE: Files that the agent uploads while it runs are not scanned, so run it again after
+    the agent has uploaded everything up to the request.
     """
     check_erasable_ids(recipient_id, delivery_id)
     result = EraseResult()
-    for info in _list(store, EVENTS_DIR, recursive=True):
+
+    def event_rows(table: pa.Table) -> pa.ChunkedArray:
+        matches = pc.equal(table.column("recipient_id"), recipient_id)
+        if delivery_id is not None:
+            matches = pc.and_(matches, pc.equal(table.column("delivery_id"), delivery_id))
+        return matches
+
+    def reject_rows(table: pa.Table) -> pa.ChunkedArray:
+        matches = _line_contains(table.column("line"), recipient_id)
+        if delivery_id is not None:
+            matches = pc.and_(matches, _line_contains(table.column("line"), delivery_id))
+        return matches
+
+    _erase_rows(store, EVENTS_DIR, event_rows, result)
+    before = result.rows_removed
+    _erase_rows(store, REJECTS_DIR, reject_rows, result)
+    result.reject_rows_removed = result.rows_removed - before
+    return result
+
+
+def _line_contains(lines: pa.ChunkedArray, value: str) -> pa.ChunkedArray:
+    """Tell which lines contain value as it is or percent-encoded (upper or lower hex)."""
+    encoded = quote(value, safe="")
+    matches = pc.match_substring(lines, value)
+    for form in {encoded, encoded.lower()} - {value}:
+        matches = pc.or_(matches, pc.match_substring(lines, form, ignore_case=False))
+    return matches
+
+
+def _erase_rows(store: Store, area: str, rows_of: Callable[[pa.Table], pa.ChunkedArray],
+                result: EraseResult) -> None:
+    """Rewrite every Parquet file of area without the rows that rows_of selects."""
+    for info in _list(store, area, recursive=True):
         if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
             continue
         if _is_hidden(store, info.path):
             continue
         result.files_scanned += 1
         table = _read_parquet(store, info.path)
-        matches = pc.equal(table.column("recipient_id"), recipient_id)
-        if delivery_id is not None:
-            matches = pc.and_(matches, pc.equal(table.column("delivery_id"), delivery_id))
-        matches = matches.fill_null(False)
+        matches = rows_of(table).fill_null(False)
         removed = pc.sum(matches).as_py() or 0
         if removed == 0:
             continue
@@ -130,7 +166,6 @@ def erase_recipient(store: Store, recipient_id: str,
             result.files_rewritten.append(relative)
         result.rows_removed += removed
         log.info("removed %d rows of one recipient from %s", removed, relative)
-    return result
 
 
 def check_erasable_ids(recipient_id: str, delivery_id: str | None = None) -> None:
