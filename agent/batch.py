@@ -20,7 +20,7 @@ from . import schema, spool
 from .config import SourceConfig
 from .parsers.access_log import parse_address, truncate_address
 from .parsers.base import LineBatch, Parser, ParseResult, SourceContext, build_rejects
-from .parsers.postfix import LOCAL_PART_PY_RE
+from .parsers.postfix import LOCAL_PART_RE
 from .tailer import Generation
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 # year is a corrupt or hostile line.
 MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+# Runs of the characters addresses are written with. Only runs that contain a '.' or two ':'
+# are searched with the candidate patterns below, which keeps long lines cheap to mask.
+ADDRESS_RUN = re.compile(r"[0-9A-Fa-f:.]{3,}")
 # Candidates for IP addresses in a rejected line. Each is parsed with ipaddress before it is
 # masked, so times (20:00:00) and version numbers stay as they are.
 IPV4_CANDIDATE = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9]|\.[0-9])")
@@ -202,15 +205,16 @@ def mask_reject_lines(rejects: pa.Table, source: SourceConfig) -> pa.Table:
     if rejects.num_rows == 0 or not (mask_addresses or mask_local_parts):
         return rejects
 
-    lines = []
-    for line in rejects["line"].to_pylist():
-        if mask_addresses:
-            line = mask_ip_addresses(line, source.client_ip)
-        if mask_local_parts:
-            line = LOCAL_PART_PY_RE.sub("*@", line)
-        lines.append(line)
+    lines = rejects["line"].combine_chunks()
+    if mask_local_parts:
+        # RE2 through pyarrow, which runs in linear time on hostile lines like the parsers' own
+        # masking of diagnostics.
+        lines = pc.replace_substring_regex(lines, LOCAL_PART_RE, "*@")
+    if mask_addresses:
+        lines = pa.array([mask_ip_addresses(line, source.client_ip) for line in lines.to_pylist()],
+                         pa.string())
     column = rejects.schema.get_field_index("line")
-    return rejects.set_column(column, rejects.schema.field(column), pa.array(lines, pa.string()))
+    return rejects.set_column(column, rejects.schema.field(column), lines)
 
 
 def mask_ip_addresses(text: str, mode: str) -> str:
@@ -225,4 +229,10 @@ def mask_ip_addresses(text: str, mode: str) -> str:
         masked = DROPPED_ADDRESS if mode == "drop" else truncate_address(address)
         return f"{masked}{suffix}"
 
-    return IPV4_CANDIDATE.sub(mask, IPV6_CANDIDATE.sub(mask, text))
+    def mask_run(match: re.Match[str]) -> str:
+        run = match.group(0)
+        if "." not in run and run.count(":") < 2:
+            return run
+        return IPV4_CANDIDATE.sub(mask, IPV6_CANDIDATE.sub(mask, run))
+
+    return ADDRESS_RUN.sub(mask_run, text)
