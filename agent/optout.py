@@ -34,34 +34,30 @@ class OptOutFileError(Exception):
     """The opt-out file cannot be read or has an invalid line; the message names no entry."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OptOutList:
-    """Recipient ids and address digests whose events are dropped at ingest."""
+    """Recipient ids and address digests whose events are dropped at ingest.
+
+    The values are kept as Arrow arrays, built once per load, because every batch looks them up.
+    """
 
     path: str
-    recipient_ids: frozenset[str]
-    recipient_keys: frozenset[str]
-
-    def __len__(self) -> int:
-        return len(self.recipient_ids)
+    recipient_ids: pa.Array
+    recipient_keys: pa.Array
 
     def drop(self, events: pa.Table) -> tuple[pa.Table, int]:
         """Return the events without those of listed recipients, and the number dropped."""
-        if events.num_rows == 0 or not self.recipient_ids:
+        if events.num_rows == 0 or len(self.recipient_ids) == 0:
             return events, 0
 
-        listed = pc.is_in(events["recipient_id"], value_set=self._ids_array())
-        if self.recipient_keys:
-            listed = pc.or_(listed, pc.is_in(events["recipient_key"],
-                                             value_set=pa.array(sorted(self.recipient_keys))))
+        listed = pc.is_in(events["recipient_id"], value_set=self.recipient_ids)
+        if len(self.recipient_keys):
+            listed = pc.or_(listed, pc.is_in(events["recipient_key"], value_set=self.recipient_keys))
         listed = listed.fill_null(False)
         dropped = pc.sum(listed).as_py() or 0
         if dropped == 0:
             return events, 0
         return events.filter(pc.invert(listed)), dropped
-
-    def _ids_array(self) -> pa.Array:
-        return pa.array(sorted(self.recipient_ids), pa.string())
 
 
 def read_optout_file(path: str) -> OptOutList:
@@ -95,4 +91,5 @@ def read_optout_file(path: str) -> OptOutList:
     # Addresses are digested as the MTA parsers digest them, angle brackets removed.
     keys = {recipient_key(entry.strip("<>")) for entry in ids if "@" in entry}
     log.info("opt-out list %s: %d entries, %d of them addresses", path, len(ids), len(keys))
-    return OptOutList(path=path, recipient_ids=frozenset(ids), recipient_keys=frozenset(keys))
+    return OptOutList(path=path, recipient_ids=pa.array(sorted(ids), pa.string()),
+                      recipient_keys=pa.array(sorted(keys), pa.string()))

@@ -190,3 +190,17 @@ def test_sighup_reloads_optout_list(tmp_path, notify_socket):  # noqa: F811 (fix
     assert "config reloaded: 1 source(s)" in output
     assert "opt-out list" in output
     assert LISTED_ADDRESS not in output
+
+
+def test_metrics_count_guarded_events():
+    from clicktrail.agent.metrics import AgentMetrics
+
+    metrics = AgentMetrics(host_id="mx1")
+    metrics.add_source("tracking")
+
+    metrics.count_guarded("tracking", {"opted_out": 2, "lines": 9})
+    metrics.count_guarded("tracking", {"opted_out": 1, "compressed_files_stopped": 1})
+
+    sample = metrics.registry.get_sample_value
+    assert sample("clicktrail_agent_events_opted_out_total", {"source": "tracking"}) == 3
+    assert sample("clicktrail_agent_compressed_files_stopped_total", {"source": "tracking"}) == 1
