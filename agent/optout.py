@@ -1,8 +1,8 @@
 """The recipient opt-out list: recipients whose events the agent drops before the spool.
 
-The file named by [agent] optout_file holds one entry per line; blank lines and text after '#'
-are ignored. Each entry is compared with the recipient_id of every event. An entry that
-contains '@' is also taken as a recipient address: MTA parsers store no address, only
+The file named by [agent] optout_file contains one entry per line. Blank lines and text after
+'#' are ignored. Each entry is compared with the recipient_id of every event. An entry that
+contains '@' is also taken as a recipient address. MTA parsers store no address, only
 recipient_key (a digest of the lowercased address), so the entry is digested the same way and
 compared with that column.
 
