@@ -8,6 +8,7 @@ then starts again at its end offset.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,7 +18,9 @@ import pyarrow.compute as pc
 
 from . import schema, spool
 from .config import SourceConfig
+from .parsers.access_log import parse_address, truncate_address
 from .parsers.base import LineBatch, Parser, ParseResult, SourceContext, build_rejects
+from .parsers.postfix import LOCAL_PART_RE
 from .tailer import Generation
 
 log = logging.getLogger(__name__)
@@ -26,6 +29,16 @@ log = logging.getLogger(__name__)
 # year is a corrupt or hostile line.
 MIN_EVENT_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+# Runs of the characters addresses are written with. Only runs that contain a '.' or two ':'
+# are searched with the candidate patterns below, which keeps long lines cheap to mask.
+ADDRESS_RUN = re.compile(r"[0-9A-Fa-f:.]{3,}")
+# Candidates for IP addresses in a rejected line. Each is parsed with ipaddress before it is
+# masked, so times (20:00:00) and version numbers stay as they are.
+IPV4_CANDIDATE = re.compile(r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9]|\.[0-9])")
+IPV6_CANDIDATE = re.compile(r"(?<![0-9A-Za-z:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}"
+                            r"(?:(?<=:)(?:[0-9]{1,3}\.){3}[0-9]{1,3})?(?![0-9A-Za-z]|\.[0-9])")
+# The text that replaces an address in a rejected line under client_ip = "drop".
+DROPPED_ADDRESS = "-"
 
 
 @dataclass(frozen=True)
@@ -72,18 +85,21 @@ class Batch:
         if too_long.any():
             rows = np.flatnonzero(too_long)
             self._reject(lines, rows, f"line longer than max_line_bytes ({self.max_line_bytes})")
-            self._count({"long_lines": len(rows)})
+            self.count({"long_lines": len(rows)})
             keep = ~too_long
             lines = LineBatch(lines.lines.filter(pa.array(keep)), lines.offsets[keep],
                               lines.line_bytes[keep])
 
         result = self._parse(lines)
         events = self._reject_times_out_of_range(result.events, lines)
+        if self.source.optout is not None:
+            events, dropped = self.source.optout.drop(events)
+            self.count({"opted_out": dropped})
         self.events.append(events)
         self.rejects.append(result.rejects)
-        self._count(result.counters)
+        self.count(result.counters)
         line_bytes = int(lines.line_bytes.sum())
-        self._count({"bytes_read": line_bytes + len(lines), "replaced_characters": replaced})
+        self.count({"bytes_read": line_bytes + len(lines), "replaced_characters": replaced})
         self.size_bytes += line_bytes
 
     def _parse(self, lines: LineBatch) -> ParseResult:
@@ -142,15 +158,15 @@ class Batch:
         line = LineBatch(pa.array([text], pa.string()), np.array([start]), np.array([length]))
         self._reject(line, np.array([0]),
                      f"line longer than max_line_bytes ({self.max_line_bytes})")
-        self._count({"long_lines": 1, "lines": 1})
+        self.count({"long_lines": 1, "lines": 1})
 
     def _reject(self, lines: LineBatch, rows: np.ndarray, reason: str) -> None:
         self.rejects.append(build_rejects(self.context(), lines.offsets[rows],
                                           lines.lines.take(pa.array(rows)),
                                           lines.line_bytes[rows], [reason] * len(rows)))
-        self._count({"rejected": len(rows)})
+        self.count({"rejected": len(rows)})
 
-    def _count(self, counters: dict[str, int]) -> None:
+    def count(self, counters: dict[str, int]) -> None:
         for name, value in counters.items():
             self.counters[name] = self.counters.get(name, 0) + int(value)
 
@@ -159,6 +175,7 @@ class Batch:
         events = pa.concat_tables(self.events) if self.events else schema.empty_events()
         rejects = (pa.concat_tables(self.rejects) if self.rejects
                    else schema.REJECT_SCHEMA.empty_table())
+        rejects = mask_reject_lines(rejects, self.source)
         name = schema.batch_file_name(self.host, self.source.name, self.generation.generation,
                                       self.first_offset)
         spool.write_batch(state_dir, schema.EVENTS_DIR, events, "event_time", name)
@@ -174,3 +191,48 @@ class Batch:
         self.first_offset = self.end_offset
         self.changed = False
         self._reset_contents()
+
+
+def mask_reject_lines(rejects: pa.Table, source: SourceConfig) -> pa.Table:
+    """Mask personal data in the raw lines of rejects as the parsers do in events.
+
+    IP addresses follow [agent] client_ip: truncated to /24 and /48, or replaced by "-", or
+    kept. In lines of MTA sources the local parts of email addresses become "*", as in stored
+    diagnostics, because events keep only the recipient domain.
+    """
+    mask_addresses = source.client_ip != "keep"
+    mask_local_parts = source.kind != "access_log"
+    if rejects.num_rows == 0 or not (mask_addresses or mask_local_parts):
+        return rejects
+
+    lines = rejects["line"].combine_chunks()
+    if mask_local_parts:
+        # RE2 through pyarrow, which runs in linear time on hostile lines like the parsers' own
+        # masking of diagnostics.
+        lines = pc.replace_substring_regex(lines, LOCAL_PART_RE, "*@")
+    if mask_addresses:
+        lines = pa.array([mask_ip_addresses(line, source.client_ip) for line in lines.to_pylist()],
+                         pa.string())
+    column = rejects.schema.get_field_index("line")
+    return rejects.set_column(column, rejects.schema.field(column), lines)
+
+
+def mask_ip_addresses(text: str, mode: str) -> str:
+    """Truncate (mode "truncate") or replace (mode "drop") every IPv4 and IPv6 address in text."""
+    def mask(match: re.Match[str]) -> str:
+        # A colon right after an IPv6 address ("2001:db8::1: message") is part of the candidate.
+        candidate = match.group(0)
+        address = parse_address(candidate) or parse_address(candidate.rstrip(":"))
+        if address is None:
+            return candidate
+        suffix = candidate[len(candidate.rstrip(":")):] if parse_address(candidate) is None else ""
+        masked = DROPPED_ADDRESS if mode == "drop" else truncate_address(address)
+        return f"{masked}{suffix}"
+
+    def mask_run(match: re.Match[str]) -> str:
+        run = match.group(0)
+        if "." not in run and run.count(":") < 2:
+            return run
+        return IPV4_CANDIDATE.sub(mask, IPV6_CANDIDATE.sub(mask, run))
+
+    return ADDRESS_RUN.sub(mask_run, text)

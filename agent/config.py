@@ -9,8 +9,10 @@ what is expected, and the exit status is 78 (EX_CONFIG).
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
+import stat
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import routes as routes_module
+from .optout import OptOutFileError, OptOutList, read_optout_file
 from .schema import SAFE_NAME
 
 EX_CONFIG = 78
@@ -28,9 +31,22 @@ SOURCE_KINDS = ("access_log", "postfix", "exim", "powermta", "kumomta")
 KIB = 1024
 MIB = 1024 * KIB
 CLIENT_IP_MODES = ("truncate", "keep", "drop")
+GIB = 1024 * MIB
 # A range file larger than this is almost certainly the wrong file, so loading stops with an
 # error instead of filling memory.
 MAX_RANGE_FILE_BYTES = 64 * MIB
+# Defaults of the per-source limits on reading a rotated .gz or .zst file. A day of a busy
+# tracking server's log is a few GiB (an estimate), and real Apache and Postfix logs compress
+# 12 to 20 times (measured with gzip -6 to zstd -19 on logs of 0.3 to 0.5 MB). A file beyond
+# either limit is a decompression bomb or not a log.
+DEFAULT_MAX_DECOMPRESSED_BYTES = 16 * GIB
+DEFAULT_MAX_COMPRESSION_RATIO = 100
+# Words that make a key look like it holds a secret, wherever it is in the file. A key ending
+# in one of SECRET_REFERENCE_SUFFIXES names where the secret is (password_env, password_file).
+SECRET_WORDS = ("password", "passwd", "secret", "credential", "credentials", "apikey",
+                "privatekey")
+SECRET_WORD_PAIRS = (("access", "key"), ("api", "key"), ("private", "key"), ("auth", "key"))
+SECRET_REFERENCE_SUFFIXES = ("env", "file", "path")
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Pairs of (range name, networks) in config order. The first range that contains an address wins.
@@ -61,6 +77,8 @@ class AgentConfig:
     # Privacy of access-log client addresses: truncate (IPv4 /24, IPv6 /48), keep or drop.
     client_ip: str = "truncate"
     ip_ranges: IpRanges = ()
+    # Recipients whose events are dropped before the spool; None when no optout_file is set.
+    optout: OptOutList | None = None
 
 
 @dataclass(frozen=True)
@@ -88,10 +106,16 @@ class SourceConfig:
     # MTA kinds: operator rules (regex on the diagnostic, bounce_type, bounce_reason), checked
     # before the built-in classification.
     bounce_rules: tuple[tuple[str, str, str], ...] = ()
-    # access_log: copies of [agent] client_ip and ip_ranges, so that the parser, which gets
-    # only its source, can apply them.
+    # Copies of [agent] client_ip (every kind: it also masks addresses in rejected lines),
+    # ip_ranges (access_log) and the opt-out list, because a parser and a batch get only their
+    # source.
     client_ip: str = "truncate"
     ip_ranges: IpRanges = ()
+    optout: OptOutList | None = None
+    # Limits on reading one rotated .gz or .zst file: decompressed bytes, and the ratio of
+    # decompressed to compressed bytes once min_ratio_check_bytes were decompressed.
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
+    max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
 
 
 @dataclass(frozen=True)
@@ -193,11 +217,14 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(path, "", "is a folder; pass the path of a TOML file") from None
 
     reader = _Reader(path)
+    # Before any other check, so that a secret in a file every user can read is reported even
+    # when its key is also unknown.
+    _reject_readable_secrets(reader, data)
     reader.only_keys(data, "", ("agent", "store", "sources", "report", "email"))
     agent = _agent(reader, data.get("agent", {}))
     sources = tuple(
-        replace(source, client_ip=agent.client_ip, ip_ranges=agent.ip_ranges)
-        if source.kind == "access_log" else source
+        replace(source, client_ip=agent.client_ip, optout=agent.optout,
+                ip_ranges=agent.ip_ranges if source.kind == "access_log" else ())
         for source in _sources(reader, data.get("sources")))
     config = Config(
         path=path,
@@ -209,6 +236,54 @@ def load_config(path: str | Path) -> Config:
         raw=data,
     )
     return config
+
+
+def _reject_readable_secrets(reader: _Reader, data: dict[str, Any]) -> None:
+    """Raise ConfigError when the file is readable by every user and a key looks like a secret.
+
+    The value is not echoed. The check reads the mode of the file, so it runs only on what a
+    local user could read; a secret in a protected file is still rejected by the key checks.
+    """
+    try:
+        mode = os.stat(reader.path).st_mode
+    except OSError:
+        return
+    if not mode & stat.S_IROTH:
+        return
+    key = _first_secret_key(data, "")
+    if key is None:
+        return
+    raise reader.fail(key, f"this key looks like a secret, and the file is readable by every "
+                      f"user (mode {stat.S_IMODE(mode):04o}). Run `chmod 640 {reader.path}` "
+                      "(owner root, group of the service user) and move the secret out of the "
+                      "config: [email] takes password_env or password_file, and S3 credentials "
+                      "come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or "
+                      "AWS_SHARED_CREDENTIALS_FILE")
+
+
+def _first_secret_key(table: dict[str, Any], prefix: str) -> str | None:
+    """Return the full name of the first key in table, at any depth, that looks like a secret."""
+    for name, value in table.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if isinstance(value, dict):
+            found = _first_secret_key(value, key)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            found = next((k for i, v in enumerate(value)
+                          if (k := _first_secret_key(v, f"{key}[{i}]")) is not None), None)
+        else:
+            found = key if _looks_like_secret(str(name)) else None
+        if found is not None:
+            return found
+    return None
+
+
+def _looks_like_secret(name: str) -> bool:
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    if not words or words[-1] in SECRET_REFERENCE_SUFFIXES:
+        return False
+    if any(word in SECRET_WORDS for word in words) or words[-1] == "token":
+        return True
+    return any(pair in SECRET_WORD_PAIRS for pair in zip(words, words[1:], strict=False))
 
 
 class _Reader:
@@ -314,7 +389,7 @@ def _agent(reader: _Reader, table: Any) -> AgentConfig:
     reader.only_keys(table, "agent", ("host_id", "state_dir", "max_batch_bytes",
                                       "flush_interval_s", "max_line_bytes", "max_spool_bytes",
                                       "read_chunk_bytes", "fingerprint_bytes", "rescan_interval_s",
-                                      "metrics_port", "client_ip", "ip_ranges"))
+                                      "metrics_port", "client_ip", "ip_ranges", "optout_file"))
     host_id = reader.string(table, "agent", "host_id") or _default_host_id()
     if not SAFE_NAME.match(host_id):
         raise reader.fail("agent.host_id", f"invalid value {host_id!r}; expected 1-64 characters "
@@ -345,7 +420,19 @@ def _agent(reader: _Reader, table: Any) -> AgentConfig:
         client_ip=reader.string(table, "agent", "client_ip", "truncate",
                                 choices=CLIENT_IP_MODES) or "truncate",
         ip_ranges=_ip_ranges(reader, table),
+        optout=_optout(reader, table),
     )
+
+
+def _optout(reader: _Reader, table: dict[str, Any]) -> OptOutList | None:
+    """Load [agent] optout_file, read again at every start and reload."""
+    file_name = reader.string(table, "agent", "optout_file")
+    if file_name is None:
+        return None
+    try:
+        return read_optout_file(_relative_to_config(reader.path, file_name))
+    except OptOutFileError as exc:
+        raise reader.fail("agent.optout_file", str(exc)) from None
 
 
 def _ip_ranges(reader: _Reader, table: dict[str, Any]) -> IpRanges:
@@ -470,7 +557,8 @@ def _source(reader: _Reader, table: dict[str, Any], index: int) -> SourceConfig:
     reader.only_keys(table, prefix, ("name", "kind", "paths", "exclude", "log_format", "routes",
                                      "route", "timezone", "message_id_pattern",
                                      "envelope_sender_pattern", "job_id_pattern", "meta_ids",
-                                     "bounce_rule"))
+                                     "bounce_rule", "max_decompressed_bytes",
+                                     "max_compression_ratio"))
     name = reader.string(table, prefix, "name", required=True)
     assert name is not None
     if not SAFE_NAME.match(name):
@@ -508,7 +596,19 @@ def _source(reader: _Reader, table: dict[str, Any], index: int) -> SourceConfig:
         job_id_pattern=job_id_pattern,
         meta_ids=_meta_ids(reader, table, prefix, ids),
         bounce_rules=_bounce_rules(reader, table, prefix),
+        max_decompressed_bytes=_max_decompressed_bytes(reader, table, prefix),
+        max_compression_ratio=_max_compression_ratio(reader, table, prefix),
     )
+
+
+def _max_decompressed_bytes(reader: _Reader, table: dict[str, Any], prefix: str) -> int:
+    return reader.number(table, prefix, "max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED_BYTES,
+                         minimum=1 * MIB, maximum=1024 * GIB)
+
+
+def _max_compression_ratio(reader: _Reader, table: dict[str, Any], prefix: str) -> int:
+    return reader.number(table, prefix, "max_compression_ratio", DEFAULT_MAX_COMPRESSION_RATIO,
+                         minimum=2, maximum=100_000)
 
 
 def _bounce_rules(reader: _Reader, table: dict[str, Any],
@@ -588,7 +688,9 @@ def _access_log_source(reader: _Reader, table: dict[str, Any], prefix: str, name
                           "[[sources.route]] tables")
     return SourceConfig(name=name, kind="access_log", paths=paths, exclude=exclude,
                         log_format=log_format, routes=tuple(routes),
-                        timezone=reader.timezone(table, prefix, "timezone", "UTC"))
+                        timezone=reader.timezone(table, prefix, "timezone", "UTC"),
+                        max_decompressed_bytes=_max_decompressed_bytes(reader, table, prefix),
+                        max_compression_ratio=_max_compression_ratio(reader, table, prefix))
 
 
 def _report(reader: _Reader, table: Any) -> ReportConfig:

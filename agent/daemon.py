@@ -131,6 +131,7 @@ class Daemon:
             lines = counters.get("lines", 0)
             self.metrics.count_lines(source, read=lines, parsed=max(lines - rejected, 0),
                                      rejected=rejected)
+            self.metrics.count_guarded(source, counters)
         for source, by_type in result.events_by_type.items():
             for event_type, count in by_type.items():
                 self.metrics.count_events(source, event_type, count)

@@ -53,6 +53,11 @@ class AgentMetrics:
                                       "rejects/.", ("source",))
         self.events_written = counter("events_written", "Events sealed into the spool.",
                                       ("source", "event_type"))
+        self.events_opted_out = counter("events_opted_out", "Events of recipients on the opt-out "
+                                        "list, dropped before the spool.", ("source",))
+        self.compressed_files_stopped = counter(
+            "compressed_files_stopped", "Rotated .gz or .zst files given up at "
+            "max_decompressed_bytes or max_compression_ratio (decompression bombs).", ("source",))
         self.uploads = counter("uploads", "Spool files uploaded to the store.")
         self.upload_bytes = counter("upload_bytes", "Bytes of spool files uploaded to the store.")
         self.upload_retries = counter("upload_retries", "Upload attempts that repeat a failed one.")
@@ -84,12 +89,15 @@ class AgentMetrics:
         self.lines_read.labels(source=source)
         self.lines_parsed.labels(source=source)
         self.lines_rejected.labels(source=source)
+        self.events_opted_out.labels(source=source)
+        self.compressed_files_stopped.labels(source=source)
         for kind in FILE_KINDS:
             self.lag_bytes.labels(source=source, file=kind)
 
     def remove_source(self, source: str) -> None:
         """Drop every series of a source that a config reload removed."""
-        for metric in (self.lines_read, self.lines_parsed, self.lines_rejected):
+        for metric in (self.lines_read, self.lines_parsed, self.lines_rejected,
+                       self.events_opted_out, self.compressed_files_stopped):
             _remove(metric, source)
         for kind in FILE_KINDS:
             _remove(self.lag_bytes, source, kind)
@@ -104,6 +112,14 @@ class AgentMetrics:
             self.lines_parsed.labels(source=source).inc(parsed)
         if rejected:
             self.lines_rejected.labels(source=source).inc(rejected)
+
+    def count_guarded(self, source: str, counters: dict[str, int]) -> None:
+        """Add what a turn's defences caught: opted-out events and compressed files given up."""
+        if counters.get("opted_out"):
+            self.events_opted_out.labels(source=source).inc(counters["opted_out"])
+        if counters.get("compressed_files_stopped"):
+            self.compressed_files_stopped.labels(source=source).inc(
+                counters["compressed_files_stopped"])
 
     def count_events(self, source: str, event_type: str, count: int = 1) -> None:
         """Add events of one type that a sealed batch holds."""

@@ -219,7 +219,7 @@ class SourceTail:
             cache[path] = cached
             return cached[1]
         state = tailer.stat_file(path, self.source.name, self.agent.fingerprint_bytes,
-                                 self.agent.max_line_bytes)
+                                 self.agent.max_line_bytes, self.source.paths)
         if state is not None:
             cache[path] = (key, state)
         return state
@@ -243,7 +243,7 @@ class SourceTail:
                 return handle
             handle.close()
         try:
-            handle = open(state.path, "rb")  # noqa: SIM115 (kept open across polls)
+            handle = tailer.open_log(state.path, self.source.paths)
         except OSError as exc:
             tailer.warnings.warning((self.source.name, state.path, type(exc).__name__),
                                     "source %s: cannot open %s: %s", self.source.name,
@@ -295,8 +295,11 @@ class SourceTail:
         buffer = b""
         buffer_offset = generation.offset
         try:
+            limits = tailer.DecompressionLimits(self.source.max_decompressed_bytes,
+                                                self.source.max_compression_ratio)
             for offset, data in tailer.read_compressed(state, generation.offset,
-                                                       self._chunk_bytes()):
+                                                       self._chunk_bytes(), limits,
+                                                       self.source.paths):
                 if not buffer:
                     buffer_offset = offset
                 buffer += data
@@ -307,6 +310,9 @@ class SourceTail:
                     return True
         except tailer.FileChanged as exc:
             log.debug("source %s: %s", self.source.name, exc)
+            return False
+        except tailer.DecompressionLimit as exc:
+            self._stop_reading(generation, exc)
             return False
         except tailer.DECOMPRESSION_ERRORS as exc:
             # Still being written by gzip, or damaged: read again at the next scan.
@@ -330,6 +336,20 @@ class SourceTail:
             generation.complete = True
             self._batch(generation).touch(generation.offset)
         return False
+
+    def _stop_reading(self, generation: tailer.Generation, exc: tailer.DecompressionLimit) -> None:
+        """Give up a compressed file beyond the source's limits: keep its lines read so far.
+
+        The generation is marked complete, so its checkpoint stops it being read again.
+        """
+        tailer.warnings.warning((self.source.name, exc.path, "decompression limit"),
+                                "source %s: %s; stopped reading it, the lines before are kept",
+                                self.source.name, exc)
+        self.skipping.pop(generation.generation, None)
+        generation.complete = True
+        batch = self._batch(generation)
+        batch.count({"compressed_files_stopped": 1})
+        batch.touch(generation.offset)
 
     def _consume(self, generation: tailer.Generation, data: bytes, result: PassResult,
                  data_offset: int | None = None) -> int:

@@ -11,6 +11,10 @@ from . import spool, tailer
 from .checkpoint import CheckpointStore
 from .config import Config
 
+# Counters of the ingest defences, shown when not zero: events of recipients on the opt-out
+# list, and rotated files given up as decompression bombs.
+GUARD_COUNTERS = ("opted_out", "compressed_files_stopped")
+
 
 def collect_status(config: Config) -> dict[str, Any]:
     checkpoints = CheckpointStore(config.agent.state_dir)
@@ -20,7 +24,7 @@ def collect_status(config: Config) -> dict[str, Any]:
             by_generation = {cp.generation: cp for cp in checkpoints.files(source.name)}
             for path in tailer.discover(source.paths, source.exclude):
                 log_file = tailer.stat_file(path, source.name, config.agent.fingerprint_bytes,
-                                            config.agent.max_line_bytes)
+                                            config.agent.max_line_bytes, source.paths)
                 known = {g: tailer.Generation(g, cp.base_generation, cp.path, cp.device, cp.inode,
                                               cp.fingerprint, cp.offset, cp.complete)
                          for g, cp in by_generation.items()}
@@ -70,4 +74,8 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append(f"last upload: {upload['name'] if upload else 'none'}")
     lines.append(f"last error: {report['last_error'] or 'none'}")
     lines.append(f"forwarding: {report['forwarding']}")
+    for source, counters in sorted(report["counters"].items()):
+        guarded = [f"{name} {counters[name]}" for name in GUARD_COUNTERS if counters.get(name)]
+        if guarded:
+            lines.append(f"source {source}: {', '.join(guarded)}")
     return "\n".join(lines)

@@ -20,16 +20,18 @@ Heads are compatible when one is a prefix of the other: a short file's head grow
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import hashlib
 import logging
 import os
 import re
+import stat as stat_module
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from fnmatch import fnmatch
+from fnmatch import fnmatch, fnmatchcase
 from typing import BinaryIO
 
 import zstandard
@@ -49,12 +51,40 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DECOMPRESSION_ERRORS: tuple[type[Exception], ...] = (EOFError, zlib.error, zstandard.ZstdError)
 _NUMBERED = re.compile(r"\.(\d{1,4})$")
 _DATED = re.compile(r"[-._](\d{8}(?:[-_]?\d{2,6})?)$")
-# Decompressed bytes read from one rotated file before it is given up as a gzip bomb.
-MAX_DECOMPRESSED_BYTES = 64 * 1024**3
+# max_compression_ratio applies once this many bytes were decompressed, because the header
+# and the read-ahead of the decompressor make the ratio of a small file meaningless.
+MIN_RATIO_CHECK_BYTES = 64 * 1024 * 1024
+# Flags for every open of a log: O_NONBLOCK, so that a FIFO swapped in place of a log cannot
+# block the agent in open(), and O_NOFOLLOW, so that the last component is not a symlink.
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_GLOB_MAGIC = re.compile(r"[*?[]")
 
 
 class FileChanged(Exception):
     """The file at a path changed between the scan and the read; the next scan sorts it out."""
+
+
+class UnsafeFile(OSError):
+    """A path of the globs is a symlink to a file outside them, or not a regular file."""
+
+
+class DecompressionLimit(Exception):
+    """A rotated file decompresses beyond the source's limits: a decompression bomb, or no log.
+
+    Permanent for that file: the agent stops reading it and keeps the lines read until then.
+    """
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+@dataclass(frozen=True)
+class DecompressionLimits:
+    """A source's max_decompressed_bytes and max_compression_ratio."""
+
+    max_bytes: int
+    max_ratio: int
 
 
 @dataclass(frozen=True)
@@ -116,12 +146,66 @@ def rotation_key(path: str) -> tuple[str, int, str, str]:
     return (name, 2, "", path)
 
 
-def stat_file(path: str, source: str, fingerprint_bytes: int, max_line_bytes: int) -> FileState | None:
-    """Stat a file and read its head; None while it has no complete first line or is gone."""
+def open_log(path: str, patterns: tuple[str, ...] = ()) -> BinaryIO:
+    """Open a log for reading, unless it is a symlink out of the globs or not a regular file.
+
+    Anyone who can write to a log folder can replace a log with a symlink to a file that only
+    the agent may read; its lines would reach the store. A symlink is followed only when the
+    file it resolves to also matches one of patterns (Apache's `rotatelogs -L` links the live
+    name to the current file this way), and that file is opened with O_NOFOLLOW, so that a
+    swap after the check fails instead of being followed. Raises FileNotFoundError when the
+    path is gone, and UnsafeFile when it is refused.
+    """
+    target = path
+    if os.path.islink(path):
+        target = os.path.realpath(path)
+        if not matches_globs(target, patterns):
+            raise UnsafeFile(f"{path} is a symlink to {target!r}, which none of the source's "
+                             "paths matches; not followed")
     try:
-        stat = os.stat(path)
-        compression = detect_compression(path)
-        with open(path, "rb") as raw:
+        fd = os.open(target, OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFile(f"{path} became a symlink while being opened; not followed") from None
+        raise
+    if not stat_module.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeFile(f"{path} is not a regular file; not read")
+    return os.fdopen(fd, "rb")
+
+
+def matches_globs(path: str, patterns: tuple[str, ...]) -> bool:
+    """Tell whether a resolved path matches a glob, with '*' not crossing '/' as in glob.glob.
+
+    A pattern's folder is also tried resolved, so that /var/log/x/*.log still matches when
+    /var/log is itself a symlink to another disk.
+    """
+    parts = path.split("/")
+    for pattern in patterns:
+        folder, name = os.path.split(pattern)
+        candidates = {pattern}
+        if not _GLOB_MAGIC.search(folder):
+            candidates.add(os.path.join(os.path.realpath(folder), name))
+        for candidate in candidates:
+            pattern_parts = candidate.split("/")
+            if len(pattern_parts) != len(parts):
+                continue
+            pairs = zip(parts, pattern_parts, strict=True)
+            if all(fnmatchcase(part, pattern_part) for part, pattern_part in pairs):
+                return True
+    return False
+
+
+def stat_file(path: str, source: str, fingerprint_bytes: int, max_line_bytes: int,
+              patterns: tuple[str, ...] = ()) -> FileState | None:
+    """Stat a file and read its head; None while it has no complete first line or is gone.
+
+    The file is opened with open_log, so a symlink out of patterns is logged and skipped.
+    """
+    try:
+        with open_log(path, patterns) as raw:
+            stat = os.fstat(raw.fileno())
+            compression = _compression_of(path, raw)
             reader = _decompressing(raw, compression) if compression else raw
             head = reader.read(max(fingerprint_bytes, max_line_bytes) + 1)
     except FileNotFoundError:
@@ -179,14 +263,14 @@ def resolve(state: FileState, known: dict[str, Generation]) -> Generation | None
                       offset=0)
 
 
-def detect_compression(path: str) -> str | None:
+def _compression_of(path: str, raw: BinaryIO) -> str | None:
     """Return "gzip", "zstd" or None, from the suffix or, without one, the first bytes."""
     if path.endswith(".gz"):
         return "gzip"
     if path.endswith(".zst"):
         return "zstd"
-    with open(path, "rb") as f:
-        return "zstd" if f.read(4) == ZSTD_MAGIC else None
+    magic = os.pread(raw.fileno(), len(ZSTD_MAGIC), 0)
+    return "zstd" if magic == ZSTD_MAGIC else None
 
 
 def _decompressing(raw: BinaryIO, compression: str) -> BinaryIO:
@@ -197,27 +281,30 @@ def _decompressing(raw: BinaryIO, compression: str) -> BinaryIO:
     return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
 
 
-def read_compressed(state: FileState, offset: int, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+def read_compressed(state: FileState, offset: int, chunk_bytes: int, limits: DecompressionLimits,
+                    patterns: tuple[str, ...] = ()) -> Iterator[tuple[int, bytes]]:
     """Yield (offset, data) from a gzip or zstd file, decompressing from its start.
 
     A compressed stream cannot seek, so the first `offset` bytes are decompressed and skipped. A file
     still being compressed ends early; what was read so far is yielded and EOFError is raised.
     The file is read only if it is still the one stat_file saw: rotation renames compressed
     copies, and the same name may now hold another generation. FileChanged is raised when it is not.
+    DecompressionLimit is raised when the file grows beyond limits, after the data before it.
     """
     try:
-        raw = open(state.path, "rb")  # noqa: SIM115 (closed below)
-    except FileNotFoundError:
-        raise FileChanged(f"{state.path} was renamed or removed") from None
+        raw = open_log(state.path, patterns)
+    except (FileNotFoundError, UnsafeFile):
+        raise FileChanged(f"{state.path} was renamed, removed or replaced") from None
     with raw:
         stat = os.fstat(raw.fileno())
         if (stat.st_dev, stat.st_ino) != (state.device, state.inode):
             raise FileChanged(f"{state.path} now contains another file")
-        yield from _decompress(raw, state.compression or "gzip", state.path, offset, chunk_bytes)
+        yield from _decompress(raw, state.compression or "gzip", state.path, offset, chunk_bytes,
+                               limits)
 
 
-def _decompress(raw: BinaryIO, compression: str, path: str, offset: int,
-                chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+def _decompress(raw: BinaryIO, compression: str, path: str, offset: int, chunk_bytes: int,
+                limits: DecompressionLimits) -> Iterator[tuple[int, bytes]]:
     with _decompressing(raw, compression) as f:
         position = 0
         while position < offset:
@@ -225,11 +312,28 @@ def _decompress(raw: BinaryIO, compression: str, path: str, offset: int,
             if not skipped:
                 return
             position += len(skipped)
-        while position < MAX_DECOMPRESSED_BYTES:
-            data = f.read(chunk_bytes)
+            _check_limits(path, position, raw.tell(), limits)
+        while True:
+            _check_limits(path, position, raw.tell(), limits)
+            # One byte past the limit tells a file of exactly max_bytes from a larger one.
+            data = f.read(min(chunk_bytes, limits.max_bytes + 1 - position))
             if not data:
                 return
+            if position + len(data) > limits.max_bytes:
+                if position < limits.max_bytes:
+                    # The lines before the limit are kept.
+                    yield position, data[: limits.max_bytes - position]
+                _check_limits(path, position + len(data), raw.tell(), limits)
             yield position, data
             position += len(data)
-    raise OSError(f"{path} decompresses to more than {MAX_DECOMPRESSED_BYTES} bytes; "
-                  "reading stopped")
+
+
+def _check_limits(path: str, decompressed: int, compressed: int,
+                  limits: DecompressionLimits) -> None:
+    """Raise DecompressionLimit when the bytes decompressed so far exceed a limit."""
+    if decompressed > limits.max_bytes:
+        raise DecompressionLimit(path, f"decompresses to more than max_decompressed_bytes "
+                                 f"({limits.max_bytes})")
+    if decompressed >= MIN_RATIO_CHECK_BYTES and decompressed > limits.max_ratio * compressed:
+        raise DecompressionLimit(path, f"{decompressed} bytes decompressed from {compressed}, a "
+                                 f"ratio above max_compression_ratio ({limits.max_ratio})")

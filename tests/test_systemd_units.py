@@ -182,6 +182,30 @@ def test_systemd_analyze_verify(units_with_local_binaries: list[Path]) -> None:
     assert result.stderr == ""
 
 
+# systemd-analyze security scores a unit's exposure from 0 (locked down) to 10 (unprotected).
+MAX_EXPOSURE = 2.0
+EXPOSURE_LINE = re.compile(r"Overall exposure level for (\S+): ([0-9]+\.[0-9]+)")
+
+
+@pytest.mark.parametrize("file_name", ["clicktrail-agent.service", "clicktrail-report.service"])
+def test_security_exposure_at_most_2(file_name: str,
+                                     units_with_local_binaries: list[Path]) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    unit = next(path for path in units_with_local_binaries if path.name == file_name)
+
+    # --offline=true (systemd 250 or later) reads the unit file instead of a loaded unit.
+    result = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(unit)],
+                            capture_output=True, text=True, timeout=120, check=False)
+
+    assert result.returncode == 0, result.stderr
+    match = EXPOSURE_LINE.search(result.stdout)
+    assert match is not None, result.stdout
+    assert match.group(1) == file_name
+    assert float(match.group(2)) <= MAX_EXPOSURE, result.stdout
+
+
 # Seccomp: classic BPF over struct seccomp_data (linux/seccomp.h, linux/filter.h).
 BPF_LD_W_ABS, BPF_JEQ_K, BPF_AND_K, BPF_RET_K = 0x20, 0x15, 0x54, 0x06
 SECCOMP_RET_ALLOW = 0x7FFF0000
