@@ -71,6 +71,8 @@ BOUNCE_CLASSES = {
 }
 MESSAGE_ID_HEADER_RE = re.compile(r"^message-id:[ \t]*(\S+)", re.IGNORECASE | re.MULTILINE)
 ID_NAMES = ("delivery_id", "recipient_id", "link_id")
+# A JSON escape of a UTF-16 surrogate; json.loads joins valid pairs and keeps lone ones.
+LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
 def decompress_segment(path: str | Path) -> bytes:
@@ -120,6 +122,8 @@ class KumoMtaParser:
             except (ValueError, RecursionError):
                 rejected.append((line_index, "invalid JSON: expected one log record per line"))
                 continue
+            if LONE_SURROGATE_ESCAPE.search(line):
+                record = _without_lone_surrogates(record)
             outcome = self._read_record(record, counters)
             if isinstance(outcome, str):
                 rejected.append((line_index, outcome))
@@ -300,3 +304,18 @@ def _rejects(rejected: list[tuple[int, str]], batch: LineBatch, ctx: SourceConte
     index = np.asarray([line for line, _ in rejected], dtype=np.int64)
     return build_rejects(ctx, batch.offsets[index], batch.lines.take(index),
                          batch.line_bytes[index], [reason for _, reason in rejected])
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """Replace the lone surrogates that JSON escapes can encode ("\\ud800") with "?".
+
+    A remote server chooses the text of its replies; Arrow stores only valid UTF-8, in which a
+    lone surrogate has no encoding.
+    """
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    return value

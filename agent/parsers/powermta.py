@@ -207,7 +207,11 @@ class PowerMtaParser:
             return naive.replace(tzinfo=self._zone).astimezone(UTC)
         if zone == "Z":
             return naive.replace(tzinfo=UTC)
-        return datetime.fromisoformat(f"{match.group(1)} {match.group(2)}{zone}").astimezone(UTC)
+        try:
+            return datetime.fromisoformat(f"{match.group(1)} {match.group(2)}{zone}").astimezone(UTC)
+        except ValueError:
+            # An offset of 24 hours or more matches the pattern but is no valid UTC offset.
+            return None
 
     def _classify(self, row: dict[str, Any]) -> tuple[str | None, str | None]:
         if row["event_type"] == "complaint":
