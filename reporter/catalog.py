@@ -24,6 +24,11 @@ from .store import Store, catalog_path
 log = logging.getLogger(__name__)
 
 MAX_CATALOG_BYTES = 4 * 1024 * 1024
+ENTRY_KEYS = ("delivery_id", "name", "subject", "sent_at", "owners", "content", "links",
+              "text_only_messages")
+LINK_KEYS = ("link_id", "url", "label", "type", "category")
+# A plain address: no display name, no spaces, commas, angle brackets or control characters.
+OWNER_ADDRESS = re.compile(r"[^@\s<>,;\"\x00-\x1f\x7f]{1,64}@[^@\s<>,;\"\x00-\x1f\x7f]{1,255}")
 # An email's HTML is read whole and laid out on the hot clicks page, so the limit bounds the
 # memory and layout time one hostile file can take. Campaign HTML is usually tens of kilobytes;
 # inline images (data: URIs, which the page removes anyway) are what makes a file larger.
@@ -93,11 +98,21 @@ def load_catalog(store: Store, delivery_id: str) -> DeliveryCatalog:
         return DeliveryCatalog(delivery_id, problem=f"invalid catalog entry: {exc}")
 
 
-def parse_catalog(delivery_id: str, raw: bytes) -> DeliveryCatalog:
-    """Parse and check one catalog entry; raises ValueError naming the invalid key."""
+def parse_catalog(delivery_id: str, raw: bytes, *, strict: bool = False) -> DeliveryCatalog:
+    """Parse and check one catalog entry; raises ValueError naming the invalid key.
+
+    strict (import-catalog) also rejects unknown keys and owners that are not plain email
+    addresses. Entries that a sending platform writes into the store directly may carry keys of
+    its own, so loading them is lenient there; the mail step checks owners again.
+    """
     data = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict):
         raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    if strict:
+        _check_keys(data, ENTRY_KEYS, "")
+        for index, item in enumerate(data.get("links") or []):
+            if isinstance(item, dict):
+                _check_keys(item, LINK_KEYS, f"links[{index}].")
 
     written_id = data.get("delivery_id", delivery_id)
     if written_id != delivery_id:
@@ -106,6 +121,11 @@ def parse_catalog(delivery_id: str, raw: bytes) -> DeliveryCatalog:
     owners = data.get("owners", [])
     if not isinstance(owners, list) or not all(isinstance(o, str) for o in owners):
         raise ValueError("owners must be a list of strings")
+    if strict:
+        for index, owner in enumerate(owners):
+            if not OWNER_ADDRESS.fullmatch(owner):
+                raise ValueError(f"owners[{index}] {owner!r:.100} is not an email address such "
+                                 "as crm-team@example.com")
 
     text_only = data.get("text_only_messages", 0)
     if isinstance(text_only, bool) or not isinstance(text_only, int) or text_only < 0:
@@ -121,8 +141,15 @@ def parse_catalog(delivery_id: str, raw: bytes) -> DeliveryCatalog:
         owners=tuple(owners),
         links=_parse_links(data.get("links", [])),
         text_only_messages=text_only,
-        content=_parse_content_name(data.get("content")),
+        content=_parse_content_name(data.get("content"), delivery_id),
     )
+
+
+def _check_keys(data: dict, allowed: tuple[str, ...], prefix: str) -> None:
+    for key in data:
+        if key not in allowed:
+            raise ValueError(f"unknown key {prefix}{key!r:.100}; expected one of: "
+                             f"{', '.join(allowed)}")
 
 
 def _optional_str(data: dict, key: str) -> str | None:
@@ -132,12 +159,17 @@ def _optional_str(data: dict, key: str) -> str | None:
     return value
 
 
-def _parse_content_name(value: object) -> str | None:
+def _parse_content_name(value: object, delivery_id: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not CONTENT_NAME.fullmatch(value):
         raise ValueError(f"content must be a file name of 1-64 letters, digits, '_' or '-' "
                          f"ending in .html, got {value!r:.100}")
+    # All entries share one folder: a name of the delivery's own keeps two deliveries from
+    # sharing, or replacing, one email.
+    if value != f"{delivery_id}.html":
+        raise ValueError(f"content must be named after the delivery, {delivery_id}.html, got "
+                         f"{value!r:.100}; rename the HTML file")
     return value
 
 
@@ -150,7 +182,10 @@ def _parse_time(value: object) -> datetime | None:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
         raise ValueError(f"sent_at {value!r} has no UTC offset")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"sent_at {value!r:.100} is out of range in UTC") from None
 
 
 def _parse_links(items: object) -> dict[str, CatalogLink]:
@@ -161,6 +196,9 @@ def _parse_links(items: object) -> dict[str, CatalogLink]:
     for index, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("link_id"), str):
             raise ValueError(f"links[{index}] must be an object with a string link_id")
+        if item["link_id"] in links:
+            raise ValueError(f"links[{index}].link_id {item['link_id']!r:.100} is listed twice; "
+                             "each link needs its own id")
         link_type = item.get("type", "click")
         if not isinstance(link_type, str):
             raise ValueError(f"links[{index}].type must be a string")
@@ -266,7 +304,7 @@ def _check_entry_file(path: str) -> tuple[str, str, str | None]:
         if not isinstance(delivery_id, str) or not SAFE_ID.match(delivery_id):
             raise ValueError(f"delivery_id must be 1-64 characters of letters, digits, '_' "
                              f"or '-', got {delivery_id!r}")
-        catalog = parse_catalog(delivery_id, raw)
+        catalog = parse_catalog(delivery_id, raw, strict=True)
     except RecursionError:
         raise ValueError(f"{path}: invalid catalog entry: JSON nested too deeply") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:

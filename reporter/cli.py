@@ -290,6 +290,20 @@ def erase_recipient_command(config_path: str, recipient_id: str,
                f"{len(result.files_rewritten) + len(result.files_deleted)} of "
                f"{result.files_scanned} files", err=True)
 
+    # A tracking history rendered by `recipient` is a copy of the erased rows: remove it too.
+    # NOTE: published delivery reports count the recipient only in totals, and stay.
+    output_dir = load_config(config_path).report.output_dir
+    for output_format in ("html", "pdf"):
+        rendered = default_output_path(output_dir, recipient_id, output_format)
+        try:
+            rendered.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise click.ClickException(f"cannot delete the rendered history {rendered}: "
+                                       f"{exc.strerror}; delete it by hand") from exc
+        click.echo(f"deleted {rendered}")
+
 
 @main.command("recipient")
 @click.option("--config", "config_path", required=True,

@@ -101,9 +101,16 @@ STYLE_VALUE = re.compile(r"[\w\s#%.,/'\"()+-]*")
 STYLE_FUNCTION = re.compile(r"([A-Za-z-]+)\s*\(")
 COLOUR_FUNCTIONS = frozenset({"rgb", "rgba", "hsl", "hsla"})
 NEGATIVE_NUMBER = re.compile(r"-\s*[\d.]")
-NUMBER = re.compile(r"(?<![#\w.])\d+(?:\.\d+)?")
-# Largest number a layout length or attribute may carry: email layouts are at most about 800
-# pixels wide, and a box thousands of pixels high would add blank PDF pages.
+NUMBER = re.compile(r"(?<![#\w.])(\d+(?:\.\d+)?)([A-Za-z%]*)")
+# CSS pixels per unit (CSS Values 3: 1in = 96px = 2.54cm = 72pt). Font-relative and viewport
+# units are taken at a 16px font and an A4 page of about 1100px, so each unit is bounded too.
+PIXELS_PER_UNIT = {
+    "": 1.0, "px": 1.0, "%": 1.0, "pt": 96 / 72, "pc": 16.0, "in": 96.0, "cm": 96 / 2.54,
+    "mm": 96 / 25.4, "q": 96 / 101.6, "em": 16.0, "rem": 16.0, "ex": 8.0, "ch": 8.0,
+    "vw": 8.0, "vh": 11.0, "vmin": 8.0, "vmax": 11.0,
+}
+# Largest layout length in CSS pixels (a unitless number counts as pixels): email layouts are at
+# most about 800 pixels wide, and a box thousands of pixels high would add blank PDF pages.
 MAX_LAYOUT_NUMBER = 1000
 MAX_SPAN = 100
 LAYOUT_NUMBER = re.compile(r"\d{1,4}%?")
@@ -113,6 +120,18 @@ FONT_FACE = re.compile(r"[\w\s,'\"-]{1,200}")
 # WeasyPrint lays out nested boxes recursively: 200 nested table elements exceeded Python's
 # recursion limit in WeasyPrint 70, 120 did not. The report adds a few levels around the email.
 MAX_DEPTH = 80
+# The preview stops after about this many PDF pages of the email. Pages are estimated from the
+# text (CHARS_PER_PAGE) and from the lengths that styles and attributes give (PIXELS_PER_PAGE),
+# so that neither a long text nor many tall boxes can make a report thousands of pages long.
+MAX_PREVIEW_PAGES = 12
+# Rows of the table of tracked links that the email does not show (a cut preview leaves many).
+MAX_MISSING_ROWS = 50
+CHARS_PER_PAGE = 3000
+PIXELS_PER_PAGE = 1000
+VERTICAL_PROPERTIES = frozenset({
+    "height", "min-height", "line-height", "font-size", "margin", "margin-top", "margin-bottom",
+    "padding", "padding-top", "padding-bottom",
+})
 MAX_ALT_CHARS = 200
 VOID_TAGS = frozenset({"br", "col", "hr", "img", "wbr"})
 BADGE_CLASSES = {"hc-link", "hc-image", "hc-badge", "hc-untracked", "hc-share", "hc-human"}
@@ -140,8 +159,10 @@ class HotClicksPage:
     # Links of the email drawn with a badge, and those matching no catalog link.
     tracked: int = 0
     untracked: int = 0
-    # Counted catalog links that no link of the HTML matched, with their clicks.
+    # Counted catalog links that no link of the HTML matched, with their clicks: the
+    # MAX_MISSING_ROWS with the most clicks, and how many more there are.
     missing: list[tuple[CatalogLink, LinkClicks]] = field(default_factory=list)
+    more_missing: int = 0
 
 
 def compute_hot_clicks(section_input: SectionInput) -> dict[str, HotClicksPage]:
@@ -176,13 +197,15 @@ def build_page(store: Store, catalog: DeliveryCatalog,
 
     matcher = LinkMatcher(catalog, counts)
     marked_up = mark_up_email(content or "", matcher)
+    missing = sorted(matcher.missing(), key=lambda item: -item[1].clicks)
     return HotClicksPage(
         html=marked_up,
         clicks=matcher.total_clicks,
         human_clicks=matcher.total_human_clicks,
         tracked=matcher.tracked,
         untracked=matcher.untracked,
-        missing=matcher.missing(),
+        missing=missing[:MAX_MISSING_ROWS],
+        more_missing=max(len(missing) - MAX_MISSING_ROWS, 0),
     )
 
 
@@ -269,6 +292,8 @@ def mark_up_email(content: str, matcher: LinkMatcher) -> Markup:
     rewriter = EmailRewriter(matcher)
     rewriter.feed(cleaned)
     rewriter.close()
+    if rewriter.truncated:
+        log.info("hot clicks preview cut after about %d pages", MAX_PREVIEW_PAGES)
 
     # The second pass allows no a and img, so no URL can reach the page whatever the rewriter
     # let through; the classes allowed are the page's own.
@@ -278,6 +303,9 @@ def mark_up_email(content: str, matcher: LinkMatcher) -> Markup:
                                   if tag not in ("a", "img")},
                       attribute_filter=filter_attribute, allowed_classes={"span": BADGE_CLASSES},
                       url_schemes=set(URL_SCHEMES), strip_comments=True, link_rel=None)
+    if rewriter.truncated:
+        final += (f'<p class="hc-cut">The rest of the email is not shown: the preview stops after '
+                  f'about {MAX_PREVIEW_PAGES} pages.</p>')
     return Markup(final)
 
 
@@ -315,7 +343,11 @@ def _safe_style_value(value: str) -> bool:
         return False
     if NEGATIVE_NUMBER.search(value):
         return False
-    return all(float(number) <= MAX_LAYOUT_NUMBER for number in NUMBER.findall(value))
+    for number, unit in NUMBER.findall(value):
+        per_unit = PIXELS_PER_UNIT.get(unit.lower())
+        if per_unit is None or float(number) * per_unit > MAX_LAYOUT_NUMBER:
+            return False
+    return True
 
 
 def _layout_number(value: str, limit: int) -> bool:
@@ -340,9 +372,22 @@ class EmailRewriter(HTMLParser):
         self.paddings: list[str | None] = []
         # The alignment each open element passes to its content, one entry per stack entry
         self.aligns: list[str] = []
+        # Estimated PDF pages of the output so far; past MAX_PREVIEW_PAGES the rest is dropped
+        # (the final nh3 pass closes the elements left open).
+        self.pages = 0.0
+        self.truncated = False
+
+    def _spend(self, pages: float) -> bool:
+        """Add to the page estimate; return False once the preview is full."""
+        self.pages += pages
+        if self.pages > MAX_PREVIEW_PAGES:
+            self.truncated = True
+        return not self.truncated
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         values = {name: value for name, value in attrs if value is not None}
+        if self.truncated or not self._spend(_largest_length(values) / PIXELS_PER_PAGE):
+            return
         if tag == "img":
             self.output.append(image_box(values))
             return
@@ -385,7 +430,31 @@ class EmailRewriter(HTMLParser):
         return self.paddings[-1] if self.paddings else None
 
     def handle_data(self, data: str) -> None:
+        if self.truncated:
+            return
+        room = max(int((MAX_PREVIEW_PAGES - self.pages) * CHARS_PER_PAGE), 0)
+        if len(data) > room:
+            data = data[:room]
+            self.truncated = True
+        self.pages += len(data) / CHARS_PER_PAGE
         self.output.append(html.escape(data, quote=False))
+
+
+def _largest_length(values: dict[str, str]) -> float:
+    """Return the largest vertical length, in CSS pixels, that an element's style or height gives.
+
+    Widths do not count: a wide element adds no page.
+    """
+    texts = [values.get("height", "")]
+    for declaration in values.get("style", "").split(";"):
+        name, _, declared = declaration.partition(":")
+        if name.strip().lower() in VERTICAL_PROPERTIES:
+            texts.append(declared)
+    largest = 0.0
+    for text in texts:
+        for number, unit in NUMBER.findall(text):
+            largest = max(largest, float(number) * PIXELS_PER_UNIT.get(unit.lower(), 1.0))
+    return largest
 
 
 # HTML font sizes 1-7 in CSS keywords, as browsers map them.

@@ -26,6 +26,7 @@ from clicktrail.reporter.hotclicks import (
     LinkMatcher,
     build_page,
     compute_hot_clicks,
+    filter_style,
     mark_up_email,
     normalise_url,
 )
@@ -467,3 +468,34 @@ def test_cli_import_rejects_crlf_name(tmp_path: Path) -> None:
                              "name of 1-64 letters, digits, '_' or '-' ending in .html, got "
                              "'h1.html\\r\\nX-Injected: 1'\n")
     assert not (tmp_path / "store" / "catalog").exists()
+
+
+@pytest.mark.parametrize("style", ["height:999cm", "height:999mm", "width:999in",
+                                   "padding-top:999pt", "height:300em"])
+def test_long_lengths_in_any_unit_removed(style: str) -> None:
+    assert filter_style(style) is None
+
+
+@pytest.mark.parametrize("style", ["height:900px", "width:8.5in", "height:20em", "width:100%"])
+def test_page_sized_lengths_kept(style: str) -> None:
+    assert filter_style(style) is not None
+
+
+def test_preview_stops_after_page_budget() -> None:
+    # 300 boxes of 900 pixels each would be about 270 pages; each is allowed on its own.
+    content = "".join(f'<div style="height:900px">block {i}</div>' for i in range(300))
+
+    html = mark_up(content)
+
+    assert "block 12" in html
+    assert "block 13" not in html
+    assert "the preview stops after about 12 pages" in html
+
+
+def test_long_text_preview_stops_after_page_budget() -> None:
+    content = "<p>" + "word " * 20_000 + "</p><p>last paragraph</p>"
+
+    html = mark_up(content)
+
+    assert "last paragraph" not in html
+    assert html.count("word") == pytest.approx(12 * 3000 / 5, abs=2)

@@ -773,3 +773,16 @@ def test_summaries_and_history_on_s3(moto_server, s3_bucket, tmp_path: Path) -> 
     history = load_history(store, "r1")
     assert history.total_events == 7
     assert [totals.delivery_id for totals in history.deliveries] == ["d1", "old"]
+
+
+def test_erase_deletes_rendered_history(summarised: Path) -> None:
+    rendered = report("recipient", "--config", str(summarised), "r1")
+    html = Path(rendered.stdout.strip())
+    assert rendered.exit_code == 0, rendered.output
+    assert html.exists()
+
+    result = report("erase-recipient", "--config", str(summarised), "--recipient-id", "r1")
+
+    assert result.exit_code == 0, result.output
+    assert f"deleted {html}" in result.output
+    assert not html.exists()
