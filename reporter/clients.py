@@ -50,6 +50,7 @@ CLIENT_FIGURES_SQL = f"""
 WITH hits AS (
   SELECT f.delivery_id, f.figure, f.recipient_id,
          coalesce(c.class IN {HUMAN_CLASSES_SQL}, false) AS is_human,
+         f.human_hit AND c.class IS NOT NULL AS is_human_hit,
          d.mail_client, d.browser, d.os, d.device
   FROM figure_events AS f
   JOIN user_agent_descriptions AS d ON d.user_agent = coalesce(f.user_agent, '')
@@ -73,11 +74,11 @@ SELECT long.delivery_id, long.dimension,
   count(DISTINCT long.value_name) AS value_count,
   count(*) FILTER (figure = 'open') AS opens,
   count(DISTINCT recipient_id) FILTER (figure = 'open') AS openers,
-  count(*) FILTER (figure = 'open' AND is_human) AS human_opens,
+  count(*) FILTER (figure = 'open' AND is_human_hit) AS human_opens,
   count(DISTINCT recipient_id) FILTER (figure = 'open' AND is_human) AS human_openers,
   count(*) FILTER (figure = 'click') AS clicks,
   count(DISTINCT recipient_id) FILTER (figure = 'click') AS clickers,
-  count(*) FILTER (figure = 'click' AND is_human) AS human_clicks,
+  count(*) FILTER (figure = 'click' AND is_human_hit) AS human_clicks,
   count(DISTINCT recipient_id) FILTER (figure = 'click' AND is_human) AS human_clickers
 FROM long
 JOIN ranks USING (delivery_id, dimension, value_name)

@@ -71,44 +71,56 @@ WHERE event_date <= $last_utc_date
 GROUP BY delivery_id
 """
 
-# The figure each event counts towards, and the class of opens and clicks (classify.py). Clicks
+# The figure each event counts towards, and the class of opens and clicks (classify.py). It is
+# a table, not a view: every figure query reads it, and the joins and the window run once. Clicks
 # on links that the catalog types as unsubscribe or mirror links are page views, not clicks
 # (Adobe Campaign excludes opt-out and mirror-page URLs from clicks); a click on an unsubscribe
 # link is an opt-out click. Only a POST unsubscribes: RFC 8058 one-click or a form confirmation,
 # because scanners and previews fetch unsubscribe URLs with GET and HEAD.
 FIGURE_EVENTS_SQL = f"""
-CREATE OR REPLACE TEMP VIEW figure_events AS
-SELECT e.*,
-       l.type AS link_type,
-       CASE
-         WHEN e.event_type = 'open' THEN 'open'
-         WHEN e.event_type = 'click' AND l.type = 'unsubscribe' THEN 'unsubscribe_view'
-         WHEN e.event_type = 'click' AND l.type = 'mirror' THEN 'mirror_view'
-         WHEN e.event_type = 'click' THEN 'click'
-         WHEN e.event_type = 'unsubscribe' AND e.http_method = 'POST' THEN 'unsubscription'
-         WHEN e.event_type = 'unsubscribe' AND e.http_method IN ('GET', 'HEAD')
-           THEN 'unsubscribe_view'
-         WHEN e.event_type = 'mirror' THEN 'mirror_view'
-         ELSE e.event_type
-       END AS figure,
-       c.class,
-       -- Events that human-only figures keep: every open or click not classed as a machine.
-       coalesce(c.class IN {HUMAN_CLASSES_SQL}, e.event_type NOT IN ('open', 'click')) AS human
-FROM events AS e
-LEFT JOIN link_types AS l
-  ON l.delivery_id = e.delivery_id AND l.link_id = e.link_id
-LEFT JOIN event_classes AS c USING (event_id)
+CREATE OR REPLACE TEMP TABLE figure_events AS
+WITH classified AS (
+  SELECT e.*,
+         l.type AS link_type,
+         CASE
+           WHEN e.event_type = 'open' THEN 'open'
+           WHEN e.event_type = 'click' AND l.type = 'unsubscribe' THEN 'unsubscribe_view'
+           WHEN e.event_type = 'click' AND l.type = 'mirror' THEN 'mirror_view'
+           WHEN e.event_type = 'click' THEN 'click'
+           WHEN e.event_type = 'unsubscribe' AND e.http_method = 'POST' THEN 'unsubscription'
+           WHEN e.event_type = 'unsubscribe' AND e.http_method IN ('GET', 'HEAD')
+             THEN 'unsubscribe_view'
+           WHEN e.event_type = 'mirror' THEN 'mirror_view'
+           ELSE e.event_type
+         END AS figure,
+         c.class,
+         -- Events that human-only figures keep: every open or click not classed as a machine.
+         coalesce(c.class IN {HUMAN_CLASSES_SQL}, e.event_type NOT IN ('open', 'click')) AS human
+  FROM events AS e
+  LEFT JOIN link_types AS l
+    ON l.delivery_id = e.delivery_id AND l.link_id = e.link_id
+  LEFT JOIN event_classes AS c USING (event_id)
+)
+SELECT *,
+       -- Hits that human-only hit counts keep: an image proxy caches the pixel, so only its
+       -- first hit per recipient counts (and none without a recipient id).
+       human AND (class IS DISTINCT FROM 'proxy_open'
+                  OR (recipient_id IS NOT NULL
+                      AND row_number() OVER (
+                            PARTITION BY delivery_id, recipient_id, figure, class
+                            ORDER BY event_time, event_id) = 1)) AS human_hit
+FROM classified
 """
 
 # Engagement figures, raw and human-only. A person is approximated by (recipient, client
 # network, user agent), since tracking logs carry no cookie: "person clicks" and the forwards
 # derived from them are estimates (docs/glossary.md).
 _ENGAGEMENT = """
-  count(*) FILTER (figure = 'open' {human} {not_proxy}) {proxy_once} AS {prefix}opens,
+  count(*) FILTER (figure = 'open' {hit}) AS {prefix}opens,
   count(DISTINCT recipient_id) FILTER (figure = 'open' {human}) AS {prefix}unique_opens,
   count(DISTINCT recipient_id) FILTER (event_type IN ('open', 'click') {human})
     AS {prefix}opens_including_clicks,
-  count(*) FILTER (figure = 'click' {human}) AS {prefix}clicks,
+  count(*) FILTER (figure = 'click' {hit}) AS {prefix}clicks,
   count(DISTINCT recipient_id) FILTER (figure = 'click' {human}) AS {prefix}unique_clickers,
   count(DISTINCT (recipient_id, client_ip, user_agent)) FILTER (figure = 'click' {human})
     AS {prefix}person_clicks,"""
@@ -127,12 +139,8 @@ SELECT delivery_id,
     AS ignored_bounces,
   count(DISTINCT message_recipient) FILTER (event_type = 'rejected') AS rejected,
   count(DISTINCT recipient_id) FILTER (event_type = 'complaint') AS complaints,
-  {_ENGAGEMENT.format(prefix="", human="", not_proxy="", proxy_once="")}
-  -- An image proxy fetches the pixel when the message is opened and caches it: its hits count
-  -- as one open per recipient in the human-only figures.
-  {_ENGAGEMENT.format(
-      prefix="human_", human="AND human", not_proxy="AND class <> 'proxy_open'",
-      proxy_once="+ count(DISTINCT recipient_id) FILTER (figure = 'open' AND class = 'proxy_open')")}
+  {_ENGAGEMENT.format(prefix="", human="", hit="")}
+  {_ENGAGEMENT.format(prefix="human_", human="AND human", hit="AND human_hit")}
   count(DISTINCT recipient_id) FILTER (figure = 'unsubscription') AS unsubscriptions,
   count(*) FILTER (figure = 'unsubscribe_view') AS unsubscribe_page_views,
   count(*) FILTER (figure = 'mirror_view') AS mirror_page_views,
@@ -359,7 +367,7 @@ def set_link_types(con: duckdb.DuckDBPyConnection, catalogs: dict[str, DeliveryC
 
 
 def create_figure_view(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the view figure_events over events, link_types and event_classes."""
+    """Create the table figure_events from events, link_types and event_classes."""
     con.execute(FIGURE_EVENTS_SQL)
 
 

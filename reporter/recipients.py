@@ -145,7 +145,8 @@ engagement AS (
     bool_or(f.figure = 'unsubscription') AS unsubscribed,
     count(*) FILTER (f.figure = 'unsubscribe_view') AS unsubscribe_page_views,
     count(*) FILTER (f.figure = 'mirror_view') AS mirror_page_views,
-    count(*) FILTER (f.figure = 'open' AND c.class IN {HUMAN_CLASSES_SQL}) AS human_opens,
+    count(*) FILTER (f.figure = 'open' AND c.class IN {HUMAN_CLASSES_SQL} AND f.human_hit)
+      AS human_opens,
     count(*) FILTER (f.figure = 'open' AND c.class NOT IN {HUMAN_CLASSES_SQL}) AS machine_opens,
     count(*) FILTER (f.figure = 'click' AND c.class IN {HUMAN_CLASSES_SQL}) AS human_clicks,
     count(*) FILTER (f.figure = 'click' AND c.class NOT IN {HUMAN_CLASSES_SQL}) AS machine_clicks

@@ -54,26 +54,16 @@ GROUP BY delivery_id
 
 # ASOF LEFT JOIN puts each hit in the last bucket that starts at or before it. Buckets are
 # contiguous up to the period's end and `events` stops there, so only hits before the first
-# bucket get no bucket (NULL). A hit without a class row is not human. As in the delivery
-# figures, an image proxy's hits count as one human open per recipient: its first.
-BUCKET_COUNTS_SQL = f"""
-WITH hits AS (
-  SELECT delivery_id, figure, event_time,
-         coalesce(class IN {HUMAN_CLASSES_SQL}, false)
-           AND (class <> 'proxy_open'
-                OR (recipient_id IS NOT NULL
-                    AND row_number() OVER (
-                          PARTITION BY delivery_id, recipient_id, figure, class
-                          ORDER BY event_time, event_id) = 1)) AS human
-  FROM figure_events
-  WHERE figure IN ('open', 'click')
-)
+# bucket get no bucket (NULL). Human hits are figure_events.human_hit, as in the delivery
+# figures: an image proxy's hits count as one human open per recipient.
+BUCKET_COUNTS_SQL = """
 SELECT h.delivery_id, b.bucket, h.figure,
        count(*) AS hits,
-       count(*) FILTER (h.human) AS human_hits
-FROM hits AS h
+       count(*) FILTER (h.human_hit) AS human_hits
+FROM figure_events AS h
 ASOF LEFT JOIN timeline_buckets AS b
   ON h.delivery_id = b.delivery_id AND h.event_time >= b.start_utc
+WHERE h.figure IN ('open', 'click')
 GROUP BY ALL
 """
 

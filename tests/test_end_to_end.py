@@ -136,3 +136,19 @@ def test_timeline_totals_match_delivery_figures(demo_reports, delivery):
     assert match, "the timeline's Total row not found"
     totals = [int(re.sub(r"\D", "", group)) for group in match.groups()]
     assert totals == [hits["open"], human["human_opens"], hits["click"], human["human_clicks"]]
+
+
+def test_recipient_summaries_add_up_to_human_opens(demo_reports):
+    """Summed over recipients, the summaries give the delivery's human opens and clicks."""
+    store = demo_reports.parent.parent / "store"
+    table = pq.read_table(store / "summaries" / "recipients",
+                          columns=["delivery_id", "human_opens", "human_clicks"])
+    sums: Counter = Counter()
+    for row in table.to_pylist():
+        sums[(row["delivery_id"], "human_opens")] += row["human_opens"]
+        sums[(row["delivery_id"], "human_clicks")] += row["human_clicks"]
+
+    for delivery, figures in EXPECTED["apache_classes_rich"].items():
+        # Only hits with a recipient id are in the summaries; every attributable hit has one.
+        assert sums[(delivery, "human_opens")] == figures["human_opens"], delivery
+        assert sums[(delivery, "human_clicks")] == figures["human_clicks"], delivery
