@@ -235,6 +235,7 @@ def load_config(path: str | Path) -> Config:
         email=_email(reader, data.get("email")),
         raw=data,
     )
+    _check_classification_networks(reader, data, agent.ip_ranges)
     return config
 
 
@@ -753,10 +754,39 @@ def _classification(reader: _Reader, table: Any) -> ClassificationConfig:
         head_clicks=head_clicks,
         click_window_s=seconds("click_window_s", defaults.click_window_s),
         burst_window_s=seconds("burst_window_s", defaults.burst_window_s),
-        burst_links=reader.number(table, prefix, "burst_links", defaults.burst_links,
-                                  minimum=0, maximum=1000),
+        burst_links=_burst_links(reader, table, prefix, defaults.burst_links),
         prefetch_window_s=seconds("prefetch_window_s", defaults.prefetch_window_s),
     )
+
+
+def _check_classification_networks(reader: _Reader, data: dict[str, Any],
+                                   ip_ranges: IpRanges) -> None:
+    """Reject classification network names that the same file's [agent] ip_ranges lacks.
+
+    A typo would otherwise leave a network's hits classed human without a word. Only names the
+    file lists are checked (the defaults name ranges an operator may not have), and only when
+    the file has [agent] ip_ranges: a reporter's config may leave them to the agents' files.
+    """
+    if "ip_ranges" not in data.get("agent", {}):
+        return
+    table = data.get("report", {}).get("classification", {})
+    names = {name for name, _ in ip_ranges}
+    for key in ("proxy_networks", "prefetch_networks", "scanner_networks"):
+        listed = table.get(key, [])
+        for name in [listed] if isinstance(listed, str) else listed:
+            if name not in names:
+                raise reader.fail(f"report.classification.{key}", f"{name!r} is not a name of "
+                                  f"[agent] ip_ranges ({', '.join(sorted(names))}); fix the name "
+                                  "or add the range file")
+
+
+def _burst_links(reader: _Reader, table: dict[str, Any], prefix: str, default: int) -> int:
+    value = reader.number(table, prefix, "burst_links", default, minimum=0, maximum=1000)
+    # One link is no burst: every click would be a scanner's.
+    if value == 1:
+        raise reader.fail(f"{prefix}.burst_links", "1 would class every click as a scanner's; "
+                          "expected 0 (off) or 2 or more distinct links")
+    return value
 
 
 def _user_agent_rule(reader: _Reader, entry: Any, key: str) -> UserAgentRule:
@@ -774,8 +804,10 @@ def _user_agent_rule(reader: _Reader, entry: Any, key: str) -> UserAgentRule:
     try:
         pc.match_substring_regex(pa.array([""]), pattern)
     except pa.ArrowInvalid as exc:
-        raise reader.fail(f"{key}.pattern", f"invalid RE2 regular expression {pattern!r}: {exc}; "
-                          "RE2 has no look-around or back-references") from None
+        hint = ("; RE2 has no look-around or back-references"
+                if re.search(r"\(\?<?[=!]|\\[1-9]", pattern) else "")
+        raise reader.fail(f"{key}.pattern",
+                          f"invalid RE2 regular expression {pattern!r}: {exc}{hint}") from None
     return UserAgentRule(name, pattern, kind)
 
 

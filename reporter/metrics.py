@@ -183,12 +183,13 @@ GROUP BY ALL
 ORDER BY source_host, source_name, source_kind
 """
 
-# Rejected lines carry no event time, so the period applies to ingest_time and every rejects
-# partition is read.
+# Rejected lines carry no event time, so the period's start applies to ingest_time and every
+# rejects partition is read. There is no upper bound: the lines that the agents rejected after
+# the period's end, before this run, belong to the period's logs too.
 REJECTS_SQL = """
 SELECT source_name, source_kind, count(*) AS lines
 FROM rejects_raw
-WHERE ingest_time >= $start AND ingest_time < $end
+WHERE ingest_time >= $start
 GROUP BY ALL
 ORDER BY source_name, source_kind
 """
@@ -403,12 +404,11 @@ def compute_metrics(con: duckdb.DuckDBPyConnection,
 
 def count_rejects(con: duckdb.DuckDBPyConnection, rejects: ds.Dataset | None,
                   period: ReportPeriod) -> list[tuple[str, str, int]]:
-    """Count the rejected lines per (source name, source kind) ingested during the period."""
+    """Count the rejected lines per (source name, source kind) ingested since the period began."""
     if rejects is None:
         return []
     con.register("rejects_raw", rejects)
-    parameters = {"start": period.start_utc, "end": period.end_utc}
-    return con.execute(REJECTS_SQL, parameters).fetchall()
+    return con.execute(REJECTS_SQL, {"start": period.start_utc}).fetchall()
 
 
 def count_unattributed(con: duckdb.DuckDBPyConnection,

@@ -317,8 +317,9 @@ def _write_other_events(store: Path) -> None:
         reject_row(ingest_time="2026-12-03T10:00:00Z"),
         reject_row(ingest_time="2026-12-03T11:00:00Z"),
         reject_row(ingest_time="2026-12-03T11:00:00Z", source_name="mta", source_kind="postfix"),
-        # Ingested after the period ends.
+        # Ingested after the period ends, before the run: counted. Before it starts: not.
         reject_row(ingest_time="2026-12-04T10:00:00Z"),
+        reject_row(ingest_time="2026-10-01T10:00:00Z"),
     ])
 
 

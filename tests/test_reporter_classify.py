@@ -306,3 +306,34 @@ def test_estimated_opens_and_forwards():
     assert (figures.raw_reactivity.numerator, figures.raw_reactivity.denominator) == (10, 40)
     assert dataclasses.replace(figures, text_only_messages=100).estimated_opens == 0
     assert dataclasses.replace(figures, text_only_messages=0).estimated_opens == 40
+
+
+def test_network_name_must_be_an_ip_range(tmp_path):
+    (tmp_path / "scanners.txt").write_text("127.40.94.0/24\n")
+    text = ('[agent.ip_ranges]\nscanners = "scanners.txt"\n'
+            '[report.classification]\nscanner_networks = ["scaners"]\n')
+
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text))
+
+    assert ("report.classification.scanner_networks: 'scaners' is not a name of [agent] "
+            "ip_ranges (scanners)") in str(error.value)
+    # The defaults name ranges an operator may not have: they are not checked.
+    assert load_config(write(tmp_path, text.replace('["scaners"]', '["scanners"]')))
+
+
+def test_burst_of_one_link_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="1 would class every click as a scanner's"):
+        load_config(write(tmp_path, "[report.classification]\nburst_links = 1\n"))
+
+
+def test_re2_hint_only_for_look_around(tmp_path):
+    def message(pattern: str) -> str:
+        text = (f"[[report.classification.user_agent]]\nname = \"x\"\npattern = '{pattern}'\n"
+                f'kind = "scanner"\n')
+        with pytest.raises(ConfigError) as error:
+            load_config(write(tmp_path, text))
+        return str(error.value)
+
+    assert "no look-around" in message("(?<=a)b")
+    assert "no look-around" not in message("(unclosed")

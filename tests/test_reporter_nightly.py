@@ -117,7 +117,7 @@ def test_data_quality_box(published) -> None:
     html = (published.report_dir / "delivery-d1.html").read_text(encoding="utf-8")
 
     assert "Duplicate rows removed" in html
-    assert re.search(r'tracking</td><td>access_log</td><td class="num">2<', html)
+    assert re.search(r'tracking</td><td>access_log</td><td class="num">3<', html)
     assert re.search(r'mta</td><td>postfix</td><td class="num">1<', html)
 
 
