@@ -134,7 +134,8 @@ def run_reporter_nightly(store: Path, output: Path) -> dict:
 
     def compute_and_keep(*args, **kwargs):
         reports, quality = original_compute(*args, **kwargs)
-        for report, _catalog, _charts in reports:
+        for computed in reports:
+            report = computed.report
             metrics = report.metrics
             computed_figures[report.delivery_id] = {
                 name: getattr(metrics, name)
