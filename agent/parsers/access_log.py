@@ -89,8 +89,11 @@ class AccessLogParser:
         if len(rows) == 0:
             return build_events({}, ctx, rows), [], counters
 
-        take = pa.array(rows)
-        selected = {name: col.take(take) for name, col in columns.items()}
+        if len(rows) == len(slow):
+            selected = dict(columns)  # every line parsed, so taking them all would only copy
+        else:
+            take = pa.array(rows)
+            selected = {name: col.take(take) for name, col in columns.items()}
         # Only lines that the regular expression cut may contain Apache escapes.
         escapable = slow[rows]
         status = _to_int(selected["status"], max_digits=3, type_=pa.int16())
