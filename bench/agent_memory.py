@@ -26,26 +26,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import agent_throughput  # noqa: E402
 from agent_throughput import loadavg, run_child  # noqa: E402
 
 MIB = 1024 * 1024
-CONFIG_TEMPLATE = """\
-[agent]
-host_id = "bench"
-state_dir = {state_dir}
-max_batch_bytes = {max_batch_bytes}
-flush_interval_s = 2.0
-
-[store]
-url = {store}
-
-[[sources]]
-name = "tracking"
-kind = "access_log"
-paths = [{log}]
-log_format = "combined"
-routes = "generic"
-"""
+# The throughput benchmark's config with the batch size to measure and a 2 s flush interval.
+CONFIG_TEMPLATE = agent_throughput.CONFIG_TEMPLATE.replace(
+    "state_dir = {state_dir}\n",
+    "state_dir = {state_dir}\nmax_batch_bytes = {max_batch_bytes}\nflush_interval_s = 2.0\n")
 # Upper bound of the tailing run's wait for the agent to stop after SIGTERM.
 STOP_TIMEOUT_S = 60
 
