@@ -79,9 +79,10 @@ class CompiledFormat:
 class SplitPlan:
     """Cut lines at their quotes and spaces with split_pattern instead of the regular expression.
 
-    RE2 (in pyarrow 26) extracts more than four groups with its backtracking engine, which made
-    the LogFormat pattern the largest cost of parsing. Some lines match `strict` (no backslash
-    in a quoted value) and split into the expected number of parts and tokens. In such a line
+    RE2 runs its one-pass engine for at most four groups (kMaxOnePassCapture in re2/prog.h) and
+    a backtracking one for more, which made the LogFormat pattern the largest cost of parsing.
+    Some lines match `strict` (no backslash in a quoted value) and split into the expected
+    number of parts and tokens. In such a line
     every quote and every space is where the format puts one, so each field is at a fixed
     position of the split. Other lines go through the regular expression.
     """
