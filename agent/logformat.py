@@ -82,9 +82,9 @@ class SplitPlan:
     RE2 runs its one-pass engine for at most four groups (kMaxOnePassCapture in re2/prog.h) and
     a backtracking one for more, which made the LogFormat pattern the largest cost of parsing.
     Some lines match `strict` (no backslash in a quoted value) and split into the expected
-    number of parts and tokens. In such a line
-    every quote and every space is where the format puts one, so each field is at a fixed
-    position of the split. Other lines go through the regular expression.
+    number of parts and tokens. In such a line every quote and every space is where the format
+    puts one, so each field is at a fixed position of the split. Other lines go through the
+    regular expression.
     """
 
     # The format's pattern without groups, for quoted values without a quote or backslash.
