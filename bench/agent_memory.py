@@ -127,6 +127,34 @@ def measure_tailing(log: Path, scratch: Path, batch_mib: int, pool: str, rate: i
             "loadavg": before}
 
 
+def measure_daemon_catch_up(log: Path, scratch: Path, batch_mib: int, pool: str,
+                            seconds: float) -> dict[str, object]:
+    """Start `clicktrail-agent run` on the whole log; sample its RSS for `seconds` seconds."""
+    before = loadavg()
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        config = write_config(Path(folder), log, batch_mib)
+        agent = subprocess.Popen(agent_command(config, "run"), env=pool_environment(pool),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        samples = []
+        try:
+            started = time.monotonic()
+            while time.monotonic() - started < seconds:
+                samples.append(read_status(agent.pid))
+                time.sleep(0.5)
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+        files = sum(1 for _ in (Path(folder) / "store").rglob("*.parquet"))
+    return {"mode": "daemon catch-up", "pool": pool, "batch_mib": batch_mib, "seconds": seconds,
+            "store_files": files,
+            "peak_rss_mib": max(sample["VmHWM"] for sample in samples) / 1024,
+            "last_rss_mib": samples[-1]["VmRSS"] / 1024, "loadavg": before}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("log", type=Path, help="access log in Apache combined format")
@@ -140,18 +168,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0,
                         help="duration of the tailing run in seconds (default: %(default)s)")
     parser.add_argument("--no-tailing", action="store_true", help="skip the tailing runs")
+    parser.add_argument("--daemon-catch-up", type=float, default=0.0, metavar="SECONDS",
+                        help="also run `clicktrail-agent run` on the whole log for this many "
+                        "seconds per batch size (default: not run)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()),
                         help="folder for the agent's state and store (default: %(default)s)")
     args = parser.parse_args()
     if args.seconds <= 0 or args.seconds > 600:
         parser.error(f"--seconds must be between 0 and 600, got {args.seconds}")
+    if args.daemon_catch_up < 0 or args.daemon_catch_up > 600:
+        parser.error(f"--daemon-catch-up must be between 0 and 600, got {args.daemon_catch_up}")
 
     results = []
     for pool in args.pools:
         for batch_mib in args.batch_mib:
             results.append(measure_catch_up(args.log, args.scratch, batch_mib, pool))
             print(json.dumps(results[-1]), flush=True)
+            if args.daemon_catch_up > 0:
+                results.append(measure_daemon_catch_up(args.log, args.scratch, batch_mib, pool,
+                                                       args.daemon_catch_up))
+                print(json.dumps(results[-1]), flush=True)
         if not args.no_tailing:
             results.append(measure_tailing(args.log, args.scratch, 8, pool, args.rate,
                                            args.seconds))
