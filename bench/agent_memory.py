@@ -3,6 +3,9 @@
 Catching up: `clicktrail-agent once` reads a whole access log (bench/generate.py writes one),
 once per --batch-mib value of [agent] max_batch_bytes. The peak RSS comes from os.wait4.
 
+With --daemon-catch-up, `clicktrail-agent run` reads the same whole log for that many seconds
+per batch size, and its VmHWM is read from /proc/PID/status twice a second.
+
 Tailing: `clicktrail-agent run` follows a log to which this script appends the lines of the
 same file at --rate lines per second for --seconds seconds. VmRSS and VmHWM of the agent are
 read from /proc/PID/status twice a second, and the agent stops with SIGTERM.
