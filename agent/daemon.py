@@ -56,7 +56,7 @@ def use_memory_pool() -> None:
     The variable works alone when it is set before pyarrow's import, as `clicktrail-agent run`
     does. If something imported pyarrow first, this moves most allocations to that pool. Tailing
     a log at 20,000 lines/s peaked at 165 MiB RSS with mimalloc (pyarrow's default), 145 to 148
-    MiB with this call alone and 128 to 130 MiB with jemalloc from the start
+    MiB with this call alone and 128 to 135 MiB with jemalloc from the start
     (bench/agent_memory.py).
     """
     wanted = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "")
