@@ -38,6 +38,7 @@ generate = load_bench("generate")
 throughput = load_bench("agent_throughput")
 reporter_store = load_bench("reporter_store")
 reporter_throughput = load_bench("reporter_throughput")
+memory = load_bench("agent_memory")
 
 
 def generated_log(tmp_path: Path, seed: int = 7) -> tuple[Path, dict[str, int]]:
@@ -141,3 +142,17 @@ def test_reporter_benchmark_figures_agree(tmp_path):
     assert reporter_throughput.compare_figures(duckdb_result, nightly_result) == []
     assert "reporter query time / DuckDB alone" in reporter_throughput.format_table(
         duckdb_result, nightly_result)
+
+
+def test_memory_benchmark_measures_each_mode(tmp_path):
+    log, _ = generated_log(tmp_path)
+
+    catch_up = memory.measure_catch_up(log, tmp_path, 2, "default")
+    daemon = memory.measure_daemon_catch_up(log, tmp_path, 2, "default", 10.0)
+    tailing = memory.measure_tailing(log, tmp_path, 2, "default", rate=500, seconds=2.0)
+
+    # The interpreter with pyarrow alone takes more than 50 MiB.
+    for result in (catch_up, daemon, tailing):
+        assert 50 < result["peak_rss_mib"] < 1000, result
+    assert daemon["store_files"] == 1  # 2,000 lines are one 2 MiB batch, uploaded in time
+    assert 0 < tailing["lines_written"] <= 1000
