@@ -9,8 +9,6 @@ import time
 
 import click
 
-from .config import EX_CONFIG, ConfigError, load_config
-
 DEFAULT_CONFIG = "/etc/clicktrail/clicktrail.toml"
 config_option = click.option(
     "--config", "config_path", envvar="CLICKTRAIL_CONFIG", default=DEFAULT_CONFIG,
@@ -26,6 +24,10 @@ def _setup_logging(verbose: int) -> None:
 
 
 def _load(config_path: str):
+    # Imported here because the config imports pyarrow, and `run` must choose pyarrow's memory
+    # pool before pyarrow's import (see clicktrail.agent.daemon).
+    from .config import EX_CONFIG, ConfigError, load_config
+
     try:
         return load_config(config_path)
     except ConfigError as exc:

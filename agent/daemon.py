@@ -11,23 +11,30 @@ exit; SIGHUP reloads the config (a bad new config is logged and the old one kept
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import threading
-import time
-from types import FrameType
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+# pyarrow 26 picks its C++ default memory pool when it is imported, so this must come before
+# the imports below. Its own default, mimalloc, keeps the freed memory of earlier batches: see
+# use_memory_pool. An operator's choice in the environment wins.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
-from . import notify, spool, tailer
-from .checkpoint import CheckpointStore
-from .config import Config, ConfigError, load_config
-from .forwarder import Forwarder, ForwardStatus
-from .metrics import AgentMetrics, MetricsServer, start_metrics_server
-from .pipeline import PassResult, SourceTail, discard_uncommitted
-from .store import open_store
+import logging  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from types import FrameType  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+from watchdog.events import FileSystemEvent, FileSystemEventHandler  # noqa: E402
+from watchdog.observers import Observer  # noqa: E402
+
+from . import notify, spool, tailer  # noqa: E402
+from .checkpoint import CheckpointStore  # noqa: E402
+from .config import Config, ConfigError, load_config  # noqa: E402
+from .forwarder import Forwarder, ForwardStatus  # noqa: E402
+from .metrics import AgentMetrics, MetricsServer, start_metrics_server  # noqa: E402
+from .pipeline import PassResult, SourceTail, discard_uncommitted  # noqa: E402
+from .store import open_store  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,37 @@ log = logging.getLogger(__name__)
 MAX_WAIT_S = 5.0
 # Time the stop sequence may spend uploading after the last commit; the rest waits in the spool.
 STOP_UPLOAD_BUDGET_S = 5.0
+
+
+# Arrow memory pools by the names ARROW_DEFAULT_MEMORY_POOL takes.
+MEMORY_POOLS = {"jemalloc": pa.jemalloc_memory_pool, "mimalloc": pa.mimalloc_memory_pool,
+                "system": pa.system_memory_pool}
+
+
+def use_memory_pool() -> None:
+    """Move pyarrow's Python-level calls to the pool that ARROW_DEFAULT_MEMORY_POOL names.
+
+    The variable works alone when it is set before pyarrow's import, as `clicktrail-agent run`
+    does. If something imported pyarrow first, this moves most allocations to that pool. Tailing
+    a log at 20,000 lines/s peaked at 165 MiB RSS with mimalloc (pyarrow's default), 145 to 148
+    MiB with this call alone and 128 to 135 MiB with jemalloc from the start
+    (bench/agent_memory.py).
+    """
+    wanted = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "")
+    if pa.default_memory_pool().backend_name == wanted:
+        return
+    if wanted not in MEMORY_POOLS:
+        log.warning("unknown ARROW_DEFAULT_MEMORY_POOL %r (expected one of %s); keeping the %s "
+                    "memory pool", wanted, ", ".join(MEMORY_POOLS),
+                    pa.default_memory_pool().backend_name)
+        return
+    try:
+        pool = MEMORY_POOLS[wanted]()
+    except NotImplementedError:
+        log.info("pyarrow was built without %s; keeping the %s memory pool", wanted,
+                 pa.default_memory_pool().backend_name)
+        return
+    pa.set_memory_pool(pool)
 
 
 class _Wake(FileSystemEventHandler):
@@ -64,6 +102,7 @@ class Daemon:
 
     def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit status."""
+        use_memory_pool()
         self._install_signal_handlers()
         discard_uncommitted(self.config.agent.state_dir, self.checkpoints)
         self._start(self.config)

@@ -334,3 +334,26 @@ def test_request_anomaly_is_recorded(request_line, anomaly):
     rows = parse([line(request_line)]).events.to_pylist()
 
     assert [(row["event_type"], row["request_anomaly"]) for row in rows] == [("open", anomaly)]
+
+
+@pytest.mark.parametrize(
+    ("client", "truncated"),
+    [
+        ("192.0.2.17", "192.0.2.0"),
+        ("0.0.0.0", "0.0.0.0"),
+        ("255.255.255.255", "255.255.255.0"),
+        ("10.200.249.250", "10.200.249.0"),
+        ("192.0.2.017", None),  # ipaddress refuses leading zeros, which could mean octal
+        ("256.0.2.1", None),
+        ("1.2.3", None),
+        ("::ffff:192.0.2.9", "192.0.2.0"),
+        ("2001:db8:1234:5678::1", "2001:db8:1234::"),
+        ("mail.example.com", None),
+    ],
+)
+def test_client_address_truncated_in_arrow_or_by_ipaddress(client, truncated):
+    request = "GET /o/7d81d5.2ace6.gif HTTP/1.1"
+    text = line(request).replace("127.0.0.9", client, 1)
+    rows = parse([line(request), text, line(request)]).events.to_pylist()
+
+    assert [row["client_ip"] for row in rows] == ["127.0.0.0", truncated, "127.0.0.0"]

@@ -40,6 +40,7 @@ throughput = load_bench("agent_throughput")
 reporter_store = load_bench("reporter_store")
 reporter_throughput = load_bench("reporter_throughput")
 fuzz = load_bench("fuzz")
+memory = load_bench("agent_memory")
 
 
 def generated_log(tmp_path: Path, seed: int = 7) -> tuple[Path, dict[str, int]]:
@@ -146,8 +147,6 @@ def test_reporter_benchmark_figures_agree(tmp_path):
 
 
 def test_fuzz_every_target_clean():
-    # NOTE: seed 2 makes no line that the PowerMTA or KumoMTA parser raises on. Longer runs do
-    # (docs/security.md), and the agent rejects those lines through its line-by-line fallback.
     results = fuzz.run(lines_per_target=1_000, seed=2, max_seconds=600)
 
     assert [result.target for result in results] == list(fuzz.SEEDS)
@@ -169,3 +168,17 @@ def test_fuzz_command_prints_counts(capsys, tmp_path):
     assert re.search(r"^total\s+2400$", output, flags=re.M), output
     counts = json.loads((tmp_path / "fuzz.json").read_text())
     assert [entry["lines"] for entry in counts] == [300] * 8
+
+
+def test_memory_benchmark_measures_each_mode(tmp_path):
+    log, _ = generated_log(tmp_path)
+
+    catch_up = memory.measure_catch_up(log, tmp_path, 2, "default")
+    daemon = memory.measure_daemon_catch_up(log, tmp_path, 2, "default", 10.0)
+    tailing = memory.measure_tailing(log, tmp_path, 2, "default", rate=500, seconds=2.0)
+
+    # The interpreter with pyarrow alone takes more than 50 MiB.
+    for result in (catch_up, daemon, tailing):
+        assert 50 < result["peak_rss_mib"] < 1000, result
+    assert daemon["store_files"] == 1  # 2,000 lines are one 2 MiB batch, uploaded in time
+    assert 0 < tailing["lines_written"] <= 1000

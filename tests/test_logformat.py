@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
+import pyarrow as pa
 import pytest
-from clicktrail.agent.logformat import LogFormatError, compile_log_format, unescape_apache
+from clicktrail.agent.logformat import LogFormatError, compile_log_format, extract_fields, unescape_apache
 
 COMBINED_LINE = ('127.202.155.177 - - [04/Dec/2026:20:20:32 +0100] "GET /r/?id=h3440b0,b0571,b '
                  'HTTP/1.1" 302 613 "-" "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/'
@@ -88,3 +89,68 @@ def test_unescape_apache(logged, text):
 def test_invalid_formats(log_format, message):
     with pytest.raises(LogFormatError, match=re.escape(message)):
         compile_log_format(log_format)
+
+
+# Lines that the split path must cut like the regular expression, and whether the regular
+# expression has to cut them (slow): a backslash in a quoted value, a quote or a space where the
+# format has none, a time with no space or two.
+SPLIT_CASES = [
+    (COMBINED_LINE, False),
+    ('192.0.2.1 - - [04/Dec/2026:20:20:32 +0100] "GET / HTTP/1.1" 200 - "" ""', False),
+    ('192.0.2.1 - - [04/Dec/2026:20:20:32 +0100] "GET /\\"x HTTP/1.1" 200 5 "-" "a\\\\"', True),
+    ('192.0.2.1 - - [04/Dec/2026:20:20:32 +0100] "\\x16\\x03\\x01" 400 0 "-" "-"', True),
+    ('192.0.2.1 - - [04/Dec/2026:20:20:32+0100] "GET / HTTP/1.1" 200 5 "-" "-"', True),
+    ('192.0.2.1 - - [04/Dec/2026:20:20:32  +0100] "GET / HTTP/1.1" 200 5 "-" "-"', True),
+    ('192.0.2.1 - a"b [04/Dec/2026:20:20:32 +0100] "GET / HTTP/1.1" 200 5 "-" "-"', True),
+    ('192.0.2.1 - - [04/Dec/2026:20:20:32 +0100] "GET / HTTP/1.1" 200 5 "-" "-" "extra"', True),
+    ('192.0.2.1 - - [04/Dec/2026:20:20:32 +0100] "GET / HTTP/1.1" 2x0 5 "-" "-"', True),
+    ('192.0.2.1  - - [04/Dec/2026:20:20:32 +0100] "GET / HTTP/1.1" 200 5 "-" "-"', True),
+    ('192.0.2.1 - - [04/Dec/2026:20:20:32 +0100] "GET / HTTP/1.1" 200 5 "-" "-', True),
+    ("", True),
+]
+
+
+@pytest.mark.parametrize("log_format", ["combined", "nginx_combined", RICH_FORMAT])
+def test_split_path_cuts_like_the_regex(log_format):
+    compiled = compile_log_format(log_format)
+    lines = [line for line, _ in SPLIT_CASES] + [RICH_LINE]
+
+    matched, values, slow = extract_fields(pa.array(lines, pa.string()), compiled)
+
+    assert compiled.split is not None
+    for row, line in enumerate(lines):
+        expected = re.match(compiled.pattern, line, re.ASCII)
+        assert matched[row] == (expected is not None), line
+        if expected is not None:
+            got = {group: values[group][row].as_py() for group in compiled.fields}
+            assert got == expected.groupdict(), line
+    if log_format == "combined":
+        assert slow.tolist() == [case_slow for _, case_slow in SPLIT_CASES] + [True]
+
+
+@pytest.mark.parametrize(
+    ("log_format", "has_plan"),
+    [
+        ("combined", True),
+        ("common", True),
+        ("nginx_combined", True),
+        ('%h "%t" "%r" %>s', True),
+        ("vhost_combined", False),  # %v:%p puts two directives in one token
+        ('%h %{%d/%b/%Y:%H:%M:%S %z}t "%r" %>s', False),  # an strftime time
+        ('%h %t %t "%r" %>s', False),  # two times that may each hold the space
+        ('%h "%r %>s" %t', False),  # two directives in one pair of quotes
+    ],
+)
+def test_split_plan_only_for_formats_it_can_cut(log_format, has_plan):
+    assert (compile_log_format(log_format).split is not None) == has_plan
+
+
+def test_split_path_falls_back_to_the_regex_without_a_plan():
+    compiled = compile_log_format("vhost_combined")
+    line = "t.example.com:80 " + COMBINED_LINE
+
+    matched, values, slow = extract_fields(pa.array([line, "junk"], pa.string()), compiled)
+
+    assert matched.tolist() == [True, False]
+    assert slow.tolist() == [True, True]
+    assert values["f0"][0].as_py() == "t.example.com"
