@@ -7,7 +7,7 @@ import logging
 import ssl
 import sys
 from collections.abc import Iterable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
@@ -98,6 +98,7 @@ def nightly(config_path: str, report_date: datetime | None, send_email: bool,
         config = load_config(config_path)
     except ConfigError as exc:
         raise ConfigClickError(str(exc)) from exc
+    _check_not_future(config.report.timezone, report_date, last_date)
 
     on_published = None
     if send_email:
@@ -238,20 +239,27 @@ def purge(config_path: str, before: datetime, dry_run: bool) -> None:
 
     Example: clicktrail-report purge --config /etc/clicktrail/clicktrail.toml --before 2026-06-01
     """
+    # Partitions of today and later hold data still being collected and reported: a date past
+    # today is most likely a mistyped year.
+    today = datetime.now(UTC).date()
+    if before.date() > today:
+        raise click.UsageError(f"--before {before.date().isoformat()} is after today "
+                               f"({today.isoformat()} UTC) and would delete the data of the "
+                               "running period; check the year")
     store = _open_configured_store(config_path)
     try:
         result = purge_before(store, before.date(), dry_run=dry_run)
     except ReporterError as exc:
         raise click.ClickException(str(exc)) from exc
 
-    verb = "would delete" if dry_run else "deleted"
+    verb = "to delete" if dry_run else "deleted"
     for relative in result.deleted:
-        click.echo(f"{verb} {relative}")
+        click.echo(f"{'would delete' if dry_run else 'deleted'} {relative}")
     for relative in result.unrecognised:
         click.echo(f"left alone {relative}: not a partition named "
                    f"{partition_key(relative)}=YYYY-MM-DD")
-    click.echo(f"{len(result.deleted)} partitions {verb}, {result.kept} kept, "
-               f"{len(result.unrecognised)} other entries left alone", err=True)
+    click.echo(f"partitions {verb}: {len(result.deleted)}, kept: {result.kept}, other entries "
+               f"left alone: {len(result.unrecognised)}", err=True)
 
 
 @main.command("erase-recipient")
@@ -347,6 +355,15 @@ def recipient_command(config_path: str, output_format: str, output_path: str | N
     click.echo(f"{history.total_events} events of the recipient in {len(history.deliveries)} "
                "deliveries", err=True)
     click.echo(str(target))
+
+
+def _check_not_future(timezone: str, *dates: datetime | None) -> None:
+    """Reject a report date after today in the report time zone: it has no events yet."""
+    today = datetime.now(ZoneInfo(timezone)).date()
+    for value in dates:
+        if value is not None and value.date() > today:
+            raise click.UsageError(f"{value.date().isoformat()} is in the future (today is "
+                                   f"{today.isoformat()} in {timezone}); check the date")
 
 
 def _open_configured_store(config_path: str) -> Store:

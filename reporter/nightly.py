@@ -318,7 +318,7 @@ def _acquire_lock(lock_file: BinaryIO, lock_path: Path, output_root: Path,
         except BlockingIOError as exc:
             if wait_s <= 0:
                 raise LockedError(f"another nightly run is using {output_root}: {lock_path} is "
-                                  "locked; wait for that run to finish",
+                                  "locked; wait for that run to finish, or pass --wait SECONDS",
                                   path=str(lock_path)) from exc
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -8,6 +8,7 @@ files from the installed templates package, so rendering never touches the netwo
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -97,9 +98,21 @@ def format_number(value: int | None) -> str:
 MAX_SHOWN_CHARS = 300
 
 
+# Control characters, and the Unicode controls that reorder text: U+202E makes "gnp.exe" read
+# as "exe.png". Text from logs and catalogs shows them as U+FFFD.
+UNSHOWN_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f"
+                                "\u202a-\u202e\u2066-\u2069]")
+
+
 def shorten(value: str | None, limit: int = MAX_SHOWN_CHARS) -> str | None:
-    """Cut a string from a log or catalog to limit characters, marking the cut with an ellipsis."""
-    if value is None or len(value) <= limit:
+    """Cut a string from a log or catalog to limit characters, marking the cut with an ellipsis.
+
+    Control and text-direction characters become U+FFFD, so what is shown is what is stored.
+    """
+    if value is None:
+        return value
+    value = UNSHOWN_CHARACTERS.sub("\ufffd", value)
+    if len(value) <= limit:
         return value
     return value[: limit - 1] + "\u2026"
 

@@ -291,8 +291,8 @@ def test_purge_dry_run_lists_only(tmp_path):
     assert "would delete events/event_date=2026-12-02" in result.output
     assert "would delete rejects/event_date=2026-12-01" in result.output
     assert "would delete classified/event_date=2026-11-30" in result.output
-    assert "4 partitions would delete" in result.output
-    assert "3 other entries left alone" in result.output
+    assert "partitions to delete: 4" in result.output
+    assert "other entries left alone: 3" in result.output
     assert all_files(store) == before
 
 
@@ -406,3 +406,15 @@ def test_purge_and_erase_on_s3(moto_server, s3_bucket, tmp_path):
         recipients = pq.ParquetFile(source).read(columns=["recipient_id"])
     assert sorted(int(n) for n in recipients.column(0).to_pylist()) == [
         1, 2, 4, 5, 6, 7, 8, 9, 10]
+
+
+def test_purge_refuses_a_date_after_today(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    config = tmp_path / "clicktrail.toml"
+    config.write_text(f'[store]\nurl = "{tmp_path / "store"}"\n')
+
+    result = CliRunner().invoke(report_main, ["purge", "--config", str(config),
+                                              "--before", "2999-01-01", "--dry-run"])
+
+    assert result.exit_code == 2
+    assert "--before 2999-01-01 is after today" in result.output

@@ -110,6 +110,7 @@ BACKFILL_USAGE_CASES = [
     ("negative-wait", ["--wait", "-1"], "Invalid value for '--wait'"),
     ("year", ["--from", "1969-12-31", "--to", "2026-12-02"],
      "Invalid value for --from: 1969-12-31 is outside 1970-01-01 to 2199-12-31"),
+    ("future-date", ["--date", "2199-01-01"], "2199-01-01 is in the future (today is "),
 ]
 
 
