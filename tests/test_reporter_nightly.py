@@ -15,10 +15,12 @@ from pypdf import PdfReader
 
 from tests.reporter_fixtures import (
     HOSTILE_URL,
+    NEWSLETTER_CATALOG,
     SAMPLE_TIMEZONE,
     UNSAFE_DELIVERY_ID,
     build_sample_store,
     event_row,
+    write_catalog,
     write_events,
 )
 
@@ -303,3 +305,15 @@ def test_file_stem_of_unsafe_ids_is_hashed(delivery_id) -> None:
 
     assert stem.startswith("delivery.id-")
     assert "\n" not in stem and "/" not in stem
+
+
+def test_text_only_messages_not_below_delivered_is_flagged(tmp_path: Path) -> None:
+    build_sample_store(tmp_path / "store")
+    write_catalog(tmp_path / "store", {**NEWSLETTER_CATALOG, "text_only_messages": 6})
+
+    result = run_nightly(str(tmp_path / "store"), tmp_path / "out", SAMPLE_TIMEZONE, REPORT_DATE)
+
+    html = (result.report_dir / "delivery-d1.html").read_text(encoding="utf-8")
+    assert "The catalog gives 6 text-only messages, not fewer than the\n    6 delivered" in html
+    d1 = next(report for report in result.reports if report.delivery_id == "d1")
+    assert d1.metrics.raw.estimated_opens == 0
