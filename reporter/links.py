@@ -152,12 +152,12 @@ def _cap(rows: list[LinkRow], metrics: DeliveryMetrics) -> list[LinkRow]:
     if len(rows) <= MAX_LINK_ROWS:
         return rows
 
-    kept, rest = rows[:MAX_LINK_ROWS], rows[MAX_LINK_ROWS:]
+    shown, rest = rows[:MAX_LINK_ROWS], rows[MAX_LINK_ROWS:]
     counted = [row for row in rest if row.share is not None]
     clicks = sum(row.clicks for row in counted)
     human_clicks = sum(row.human_clicks for row in counted)
     # Unique clickers do not add up across links, so the summary row leaves them out (0).
-    kept.append(LinkRow(
+    shown.append(LinkRow(
         link_id=None, url=None, label=None, link_type=None,
         clicks=clicks, unique_clickers=0,
         share=Rate(clicks, metrics.clicks),
@@ -165,4 +165,4 @@ def _cap(rows: list[LinkRow], metrics: DeliveryMetrics) -> list[LinkRow]:
         human_share=Rate(human_clicks, metrics.human_clicks),
         other_links=len(rest),
     ))
-    return kept
+    return shown
