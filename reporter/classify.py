@@ -26,7 +26,9 @@ from datetime import UTC
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from clicktrail.agent.config import ClassificationConfig
 from clicktrail.agent.schema import CLASSIFIED_DIR
@@ -250,17 +252,21 @@ def write_classified(con: duckdb.DuckDBPyConnection, store: Store, scratch: Path
 
 
 def _groups(rows: pa.Table):
-    """Yield ((delivery id, event date), rows) for consecutive runs of a sorted table."""
+    """Yield ((delivery id, event date), rows) for the runs of equal keys of a sorted table."""
     if rows.num_rows == 0:
         return
-    deliveries = rows["delivery_id"].to_pylist()
-    dates = rows["event_date"].to_pylist()
-    start = 0
-    for index in range(1, rows.num_rows + 1):
-        if index == rows.num_rows or (deliveries[index], dates[index]) != (deliveries[start],
-                                                                          dates[start]):
-            yield (deliveries[start], dates[start]), rows.slice(start, index - start)
-            start = index
+    # A run starts where either key differs from the row before: computed in Arrow, because a
+    # night's classification has millions of rows.
+    changed = np.zeros(rows.num_rows, dtype=bool)
+    changed[0] = True
+    for name in ("delivery_id", "event_date"):
+        column = rows[name].combine_chunks()
+        differs = pc.not_equal(column.slice(1), column.slice(0, rows.num_rows - 1))
+        changed[1:] |= np.asarray(differs.fill_null(True))
+    starts = np.flatnonzero(changed).tolist() + [rows.num_rows]
+    for start, end in zip(starts, starts[1:], strict=False):
+        key = (rows["delivery_id"][start].as_py(), rows["event_date"][start].as_py())
+        yield key, rows.slice(start, end - start)
 
 
 def _register_rules(con: duckdb.DuckDBPyConnection, rules: ClassificationConfig,

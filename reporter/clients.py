@@ -17,7 +17,7 @@ import pyarrow as pa
 import pygal
 
 from .charts import CHART_STYLE, Chart, _count_labels
-from .sections import HUMAN_CLASSES, HUMAN_CLASSES_SQL, Section, SectionInput
+from .sections import HUMAN_CLASSES, Section, SectionInput
 from .useragents import describe_user_agent
 
 log = logging.getLogger(__name__)
@@ -46,15 +46,13 @@ WHERE figure IN ('open', 'click')
 # their own rows (ties in name order), and the others share one row whose value is NULL.
 # A recipient counts once per row and figure, so a recipient seen in two mail clients counts in
 # both rows.
-CLIENT_FIGURES_SQL = f"""
+CLIENT_FIGURES_SQL = """
 WITH hits AS (
   SELECT f.delivery_id, f.figure, f.recipient_id,
-         coalesce(c.class IN {HUMAN_CLASSES_SQL}, false) AS is_human,
-         f.human_hit AND c.class IS NOT NULL AS is_human_hit,
+         f.human AS is_human, f.human_hit AS is_human_hit,
          d.mail_client, d.browser, d.os, d.device
   FROM figure_events AS f
   JOIN user_agent_descriptions AS d ON d.user_agent = coalesce(f.user_agent, '')
-  LEFT JOIN event_classes AS c ON c.event_id = f.event_id
   WHERE f.figure IN ('open', 'click')
 ),
 long AS (

@@ -39,19 +39,18 @@ from .catalog import (
 )
 from .errors import StoreError
 from .metrics import Rate
-from .sections import HUMAN_CLASSES_SQL, SectionInput
+from .sections import SectionInput
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 # Clicks per catalog link, raw and human-only, with the figure definitions of metrics.py:
 # a click is a hit on a link that the catalog does not type as unsubscribe or mirror.
-LINK_CLICKS_BY_CLASS_SQL = f"""
+LINK_CLICKS_BY_CLASS_SQL = """
 SELECT f.delivery_id, f.link_id,
        count(*) AS clicks,
-       count(*) FILTER (c.class IN {HUMAN_CLASSES_SQL}) AS human_clicks
+       count(*) FILTER (f.human_hit) AS human_clicks
 FROM figure_events AS f
-LEFT JOIN event_classes AS c ON c.event_id = f.event_id
 WHERE f.figure = 'click'
 GROUP BY ALL
 """

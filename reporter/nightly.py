@@ -8,7 +8,6 @@ renamed into place, so a rerun for the same date replaces the whole set.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -24,7 +23,6 @@ from typing import Any, BinaryIO
 import duckdb
 import pyarrow as pa
 from clicktrail.agent.config import ClassificationConfig
-from clicktrail.agent.schema import SAFE_ID
 
 from . import metrics as m
 from .catalog import DeliveryCatalog, load_catalog
@@ -34,7 +32,7 @@ from .period import ReportPeriod, make_period
 from .recipients import write_recipient_summaries
 from .render import make_environment, render_html, write_pdf
 from .sections import Section, SectionInput, registered_sections
-from .store import Store, events_dataset, open_store, rejects_dataset
+from .store import Store, events_dataset, open_store, rejects_dataset, safe_file_stem
 
 log = logging.getLogger(__name__)
 
@@ -172,14 +170,8 @@ def _run_dates(store_url: str, output_dir: str | os.PathLike[str], timezone: str
 
 
 def report_file_stem(delivery_id: str) -> str:
-    """Name a delivery's report files; ids that are not plain names are hashed.
-
-    The hashed form contains a dot, which SAFE_ID excludes, so it cannot collide with a plain id.
-    """
-    if SAFE_ID.match(delivery_id):
-        return f"delivery-{delivery_id}"
-    digest = hashlib.sha256(delivery_id.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-    return f"delivery.id-{digest}"
+    """Name a delivery's report files; ids that are not plain names are hashed."""
+    return safe_file_stem("delivery", delivery_id)
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,9 @@ from clicktrail.agent.schema import CLASSIFIED_DIR
 from . import metrics as m
 from .catalog import DeliveryCatalog, load_catalog
 from .errors import OutputError, ReporterError, StoreError
-from .recipients import compute_summaries, fetch_summaries, safe_file_stem
+from .recipients import compute_summaries, fetch_summaries
 from .render import make_environment, render_html, shorten, write_pdf
-from .store import PARTITION_SCHEMA, Store, events_dataset
+from .store import PARTITION_SCHEMA, Store, events_dataset, safe_file_stem
 from .useragents import UNKNOWN, WEBMAIL, describe_user_agent
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY class, reasons) = 1
 
 HISTORY_SQL = """
 SELECT f.event_time, f.delivery_id, f.event_type, f.figure, f.link_id, f.url, f.http_method,
-       f.user_agent, f.bounce_type, f.bounce_reason, f.diagnostic_group, c.class, c.reasons
+       f.user_agent, f.bounce_type, f.bounce_reason, f.diagnostic_group, f.class, c.reasons
 FROM figure_events AS f
 LEFT JOIN event_classes AS c ON c.event_id = f.event_id
 ORDER BY f.event_time, f.event_id

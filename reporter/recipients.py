@@ -13,7 +13,6 @@ from any other partition, so a glob over the area reads each (delivery, recipien
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -27,12 +26,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from clicktrail.agent import store as agent_store
-from clicktrail.agent.schema import SAFE_ID, SUMMARIES_DIR, TIMESTAMP
+from clicktrail.agent.schema import SUMMARIES_DIR, TIMESTAMP
 
 from .errors import StoreError
 from .metrics import MTA_EVENT_TYPES
 from .sections import HUMAN_CLASSES_SQL, SectionInput
-from .store import Store
+from .store import Store, safe_file_stem
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,7 @@ SUMMARY_SCHEMA = pa.schema(
 # A class outside HUMAN_CLASSES counts as machine; an event without a class counts as neither.
 RECIPIENT_SUMMARY_SQL = f"""
 CREATE OR REPLACE TEMP TABLE recipient_summaries AS
-WITH classes AS (
-  SELECT event_id, min(class) AS class
-  FROM event_classes
-  GROUP BY event_id
-),
-mta AS (
+WITH mta AS (
   SELECT *
   FROM events
   WHERE event_type IN {MTA_EVENT_TYPES!r} AND recipient_id IS NOT NULL
@@ -145,13 +139,11 @@ engagement AS (
     bool_or(f.figure = 'unsubscription') AS unsubscribed,
     count(*) FILTER (f.figure = 'unsubscribe_view') AS unsubscribe_page_views,
     count(*) FILTER (f.figure = 'mirror_view') AS mirror_page_views,
-    count(*) FILTER (f.figure = 'open' AND c.class IN {HUMAN_CLASSES_SQL} AND f.human_hit)
-      AS human_opens,
-    count(*) FILTER (f.figure = 'open' AND c.class NOT IN {HUMAN_CLASSES_SQL}) AS machine_opens,
-    count(*) FILTER (f.figure = 'click' AND c.class IN {HUMAN_CLASSES_SQL}) AS human_clicks,
-    count(*) FILTER (f.figure = 'click' AND c.class NOT IN {HUMAN_CLASSES_SQL}) AS machine_clicks
+    count(*) FILTER (f.figure = 'open' AND f.human_hit) AS human_opens,
+    count(*) FILTER (f.figure = 'open' AND f.class NOT IN {HUMAN_CLASSES_SQL}) AS machine_opens,
+    count(*) FILTER (f.figure = 'click' AND f.human_hit) AS human_clicks,
+    count(*) FILTER (f.figure = 'click' AND f.class NOT IN {HUMAN_CLASSES_SQL}) AS machine_clicks
   FROM figure_events AS f
-  LEFT JOIN classes AS c ON c.event_id = f.event_id
   WHERE f.recipient_id IS NOT NULL AND f.delivery_id IS NOT NULL
   GROUP BY f.delivery_id, f.recipient_id
 )
@@ -253,19 +245,6 @@ def write_recipient_summaries(source: SectionInput, scratch: Path) -> SummaryFil
 def summary_file_stem(delivery_id: str) -> str:
     """Name a delivery's summary file by the rule of nightly.report_file_stem."""
     return safe_file_stem("delivery", delivery_id)
-
-
-def safe_file_stem(kind: str, value: str) -> str:
-    """Build a file name stem from a fixed word and an id, hashing ids that are not plain names.
-
-    The hashed form `<kind>.id-<hash>` (24 hex digits of SHA-256) contains a dot, which SAFE_ID
-    excludes, so it cannot equal the stem of a plain id.
-    """
-    # fullmatch: with match, the pattern's `$` also accepts an id that ends in a newline.
-    if SAFE_ID.fullmatch(value):
-        return f"{kind}-{value}"
-    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:24]
-    return f"{kind}.id-{digest}"
 
 
 def summary_path(first_day: date, delivery_id: str) -> str:

@@ -6,6 +6,7 @@ never needs DuckDB's httpfs extension (which is downloaded at run time).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from clicktrail.agent.schema import (
     EVENTS_DIR,
     REJECT_SCHEMA,
     REJECTS_DIR,
+    SAFE_ID,
 )
 
 from .errors import StoreError
@@ -148,3 +150,15 @@ def _dataset(store: Store, area: str, schema: pa.Schema) -> ds.Dataset:
 def catalog_path(delivery_id: str) -> str:
     """Return the catalog entry path of a delivery id that matched schema.SAFE_ID."""
     return f"{CATALOG_DIR}/{delivery_id}.json"
+
+
+def safe_file_stem(kind: str, value: str) -> str:
+    """Build a file name stem from a fixed word and an id, hashing ids that are not plain names.
+
+    The hashed form `<kind>.id-<hash>` (24 hex digits of SHA-256) contains a dot, which SAFE_ID
+    excludes, so it cannot equal the stem of a plain id.
+    """
+    if SAFE_ID.fullmatch(value):
+        return f"{kind}-{value}"
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+    return f"{kind}.id-{digest}"

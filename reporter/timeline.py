@@ -25,7 +25,7 @@ import pyarrow as pa
 from .catalog import DeliveryCatalog
 from .charts import Chart, bar_chart
 from .period import local_midnight
-from .sections import HUMAN_CLASSES_SQL, Section, SectionInput
+from .sections import Section, SectionInput
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,12 @@ GROUP BY ALL
 # For each delivery, figure and scope (raw, human): the recipients with such a hit, and the
 # first hit of the recipient at position ceil(p * recipients / 100) in time order, for p = 50
 # and 90. Integer arithmetic keeps the position exact: (p * n + 99) // 100 is ceil(p * n / 100).
-MILESTONES_SQL = f"""
+MILESTONES_SQL = """
 WITH firsts AS (
   SELECT f.delivery_id, f.figure, f.recipient_id,
          min(f.event_time) AS first_raw,
-         min(f.event_time) FILTER (c.class IN {HUMAN_CLASSES_SQL}) AS first_human
+         min(f.event_time) FILTER (f.human) AS first_human
   FROM figure_events AS f
-  LEFT JOIN event_classes AS c USING (event_id)
   WHERE f.figure IN ('open', 'click') AND f.recipient_id IS NOT NULL
   GROUP BY ALL
 ),
