@@ -41,7 +41,7 @@ MAX_RANGE_FILE_BYTES = 64 * MIB
 # either limit is a decompression bomb or not a log.
 DEFAULT_MAX_DECOMPRESSED_BYTES = 16 * GIB
 DEFAULT_MAX_COMPRESSION_RATIO = 100
-# Words that make a key look like it holds a secret, wherever it is in the file. A key ending
+# Words that make a key look like it contains a secret, wherever it is in the file. A key ending
 # in one of SECRET_REFERENCE_SUFFIXES names where the secret is (password_env, password_file).
 SECRET_WORDS = ("password", "passwd", "secret", "credential", "credentials", "apikey",
                 "privatekey")
@@ -243,7 +243,7 @@ def _reject_readable_secrets(reader: _Reader, data: dict[str, Any]) -> None:
     """Raise ConfigError when the file is readable by every user and a key looks like a secret.
 
     The value is not echoed. The check reads the mode of the file, so it runs only on what a
-    local user could read; a secret in a protected file is still rejected by the key checks.
+    local user could read. A secret in a protected file is still rejected by the key checks.
     """
     try:
         mode = os.stat(reader.path).st_mode

@@ -59,18 +59,18 @@ def use_memory_pool() -> None:
     MiB with this call alone and 128 to 135 MiB with jemalloc from the start
     (bench/agent_memory.py).
     """
-    wanted = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "")
-    if pa.default_memory_pool().backend_name == wanted:
+    requested = os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "")
+    if pa.default_memory_pool().backend_name == requested:
         return
-    if wanted not in MEMORY_POOLS:
+    if requested not in MEMORY_POOLS:
         log.warning("unknown ARROW_DEFAULT_MEMORY_POOL %r (expected one of %s); keeping the %s "
-                    "memory pool", wanted, ", ".join(MEMORY_POOLS),
+                    "memory pool", requested, ", ".join(MEMORY_POOLS),
                     pa.default_memory_pool().backend_name)
         return
     try:
-        pool = MEMORY_POOLS[wanted]()
+        pool = MEMORY_POOLS[requested]()
     except NotImplementedError:
-        log.info("pyarrow was built without %s; keeping the %s memory pool", wanted,
+        log.info("pyarrow was built without %s; keeping the %s memory pool", requested,
                  pa.default_memory_pool().backend_name)
         return
     pa.set_memory_pool(pool)

@@ -315,7 +315,8 @@ def _decompress(raw: BinaryIO, compression: str, path: str, offset: int, chunk_b
             _check_limits(path, position, raw.tell(), limits)
         while True:
             _check_limits(path, position, raw.tell(), limits)
-            # One byte past the limit tells a file of exactly max_bytes from a larger one.
+            # Reading one byte past the limit distinguishes a file of exactly max_bytes from a
+            # larger one.
             data = f.read(min(chunk_bytes, limits.max_bytes + 1 - position))
             if not data:
                 return

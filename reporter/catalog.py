@@ -103,7 +103,7 @@ def parse_catalog(delivery_id: str, raw: bytes, *, strict: bool = False) -> Deli
 
     strict (import-catalog) also rejects unknown keys and owners that are not plain email
     addresses. Entries that a sending platform writes into the store directly may carry keys of
-    its own, so loading them is lenient there; the mail step checks owners again.
+    its own, so loading them is lenient. The mail step checks owners again.
     """
     data = json.loads(raw.decode("utf-8"))
     if not isinstance(data, dict):

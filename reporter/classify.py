@@ -1,10 +1,13 @@
 """Classification of opens and clicks before any figure: who, or what, made each hit.
 
-docs/glossary.md defines the classes. In short: human; proxy_open, an image proxy fetching the
-pixel when the recipient opened the message (a real open, counted once); machine_prefetch, a
-fetch that no person asked for (Apple Mail Privacy Protection, scanners); scanner_click, a
-security gateway or script following a link; unknown, a hit without a user agent that no rule
-ties to a machine.
+docs/glossary.md defines the classes. In short:
+
+- human: a person;
+- proxy_open: an image proxy fetched the pixel when the recipient opened the message (a real
+  open, counted once);
+- machine_prefetch: a fetch that no person requested (Apple Mail Privacy Protection, scanners);
+- scanner_click: a security gateway or script followed a link;
+- unknown: a hit without a user agent that no rule ties to a machine.
 
 Every rule that matches adds a reason, so an audit can see why; the class then comes from the
 strongest evidence:

@@ -67,7 +67,7 @@ def main(verbose: bool) -> None:
               metavar="YYYY-MM-DD", help="Backfill: the last report date of the range, included.")
 @click.option("--wait", "wait_s", type=click.IntRange(min=0), default=0, show_default=True,
               metavar="SECONDS",
-              help="When another nightly run holds the output directory's lock, wait up to "
+              help="When another nightly run has locked the output directory, wait up to "
                    "SECONDS for it instead of exiting with an error at once.")
 def nightly(config_path: str, report_date: datetime | None, send_email: bool,
             dry_run: bool, first_date: datetime | None, last_date: datetime | None,

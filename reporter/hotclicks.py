@@ -2,9 +2,9 @@
 
 The HTML is written by the sender and treated as hostile. It goes through three steps:
 
-1. nh3 (the Ammonia sanitiser) keeps layout tags and attributes only. Scripts, style blocks,
-   event handlers, iframes, forms, meta and link elements are removed, `href` keeps http, https
-   and mailto URLs only, images lose their `src`, and a style attribute keeps the layout
+1. nh3 (the Ammonia sanitiser) keeps layout tags and attributes only. It removes scripts,
+   style blocks, event handlers, iframes, forms, meta and link elements. An `href` keeps http,
+   https and mailto URLs only, and images lose their `src`. A style attribute keeps the layout
    properties of STYLE_PROPERTIES whose values contain no url(), escape or negative length.
 2. EmailRewriter walks nh3's output. It replaces each image by a box with its alt text and
    each link by a span followed by its badge. Links stop being links, because their targets
@@ -295,7 +295,7 @@ def mark_up_email(content: str, matcher: LinkMatcher) -> Markup:
         log.info("hot clicks preview cut after about %d pages", MAX_PREVIEW_PAGES)
 
     # The second pass allows no a and img, so no URL can reach the page whatever the rewriter
-    # let through; the classes allowed are the page's own.
+    # let through. The only classes it allows are the page's own.
     final = nh3.clean("".join(rewriter.output), tags=set(LAYOUT_TAGS - {"a", "img"}),
                       clean_content_tags=set(DROPPED_WITH_CONTENT),
                       attributes={tag: set(names) for tag, names in ATTRIBUTES.items()
@@ -515,7 +515,7 @@ def _font_hints(values: dict[str, str]) -> list[str]:
 
 
 def image_box(values: dict[str, str]) -> str:
-    """Return the box that stands in for an image: its alt text, at its size when known."""
+    """Return the box that replaces an image: its alt text, at its size when known."""
     alt = (values.get("alt") or "").strip() or "image"
     if len(alt) > MAX_ALT_CHARS:
         alt = alt[: MAX_ALT_CHARS - 1] + "\u2026"

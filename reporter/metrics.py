@@ -72,11 +72,11 @@ GROUP BY delivery_id
 """
 
 # The figure each event counts towards, and the class of opens and clicks (classify.py). It is
-# a table, not a view: every figure query reads it, and the joins and the window run once. Clicks
-# on links that the catalog types as unsubscribe or mirror links are page views, not clicks
-# (Adobe Campaign excludes opt-out and mirror-page URLs from clicks); a click on an unsubscribe
-# link is an opt-out click. Only a POST unsubscribes: RFC 8058 one-click or a form confirmation,
-# because scanners and previews fetch unsubscribe URLs with GET and HEAD.
+# a table, not a view, because every figure query reads it: the joins and the window run once.
+# Clicks on links that the catalog types as unsubscribe or mirror links are page views, not
+# clicks, because Adobe Campaign excludes opt-out and mirror-page URLs from clicks. A click on an
+# unsubscribe link is an opt-out click. Only a POST unsubscribes (RFC 8058 one-click or a form
+# confirmation), because scanners and previews fetch unsubscribe URLs with GET and HEAD.
 FIGURE_EVENTS_SQL = f"""
 CREATE OR REPLACE TEMP TABLE figure_events AS
 WITH classified AS (
@@ -207,7 +207,7 @@ ORDER BY event_type
 
 @dataclass(frozen=True)
 class SourceFreshness:
-    """How current one source's data is: the data-quality box's freshness table."""
+    """The freshness of one source's data: a row of the data-quality box's freshness table."""
 
     source_host: str
     source_name: str

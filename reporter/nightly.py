@@ -320,7 +320,7 @@ def _acquire_lock(lock_file: BinaryIO, lock_path: Path, output_root: Path,
                                   path=str(lock_path)) from exc
 
         if not waiting:
-            log.info("waiting up to %g s for %s, which another nightly run holds", wait_s,
+            log.info("waiting up to %g s for the lock %s of another nightly run", wait_s,
                      lock_path)
             waiting = True
         time.sleep(min(LOCK_POLL_INTERVAL_S, remaining))

@@ -145,7 +145,7 @@ def test_split_plan_only_for_formats_it_can_cut(log_format, has_plan):
     assert (compile_log_format(log_format).split is not None) == has_plan
 
 
-def test_split_path_falls_back_to_the_regex_without_a_plan():
+def test_split_without_plan_uses_regex():
     compiled = compile_log_format("vhost_combined")
     line = "t.example.com:80 " + COMBINED_LINE
 

@@ -24,7 +24,7 @@ def test_sent_at_out_of_utc_range_is_invalid(sent_at: str) -> None:
         parse({**ENTRY, "sent_at": sent_at})
 
 
-def test_unusable_entry_in_store_does_not_stop_the_run(tmp_path: Path) -> None:
+def test_unusable_stored_entry_not_fatal(tmp_path: Path) -> None:
     folder = tmp_path / "store" / "catalog" / "deliveries"
     folder.mkdir(parents=True)
     (folder / "d1.json").write_text(json.dumps({**ENTRY, "sent_at": "0001-01-01T00:30:00+01:00"}))

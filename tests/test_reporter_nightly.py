@@ -304,7 +304,8 @@ def test_file_stem_of_unsafe_ids_is_hashed(delivery_id) -> None:
     stem = report_file_stem(delivery_id)
 
     assert stem.startswith("delivery.id-")
-    assert "\n" not in stem and "/" not in stem
+    assert "\n" not in stem
+    assert "/" not in stem
 
 
 def test_text_only_messages_not_below_delivered_is_flagged(tmp_path: Path) -> None:
