@@ -236,10 +236,13 @@ def _summary_text(title: str, report: DeliveryReport, report_date: date,
         ("Hard bounces", f"{figures.hard_bounces} ({figures.hard_bounce_rate.percent()})"),
         ("Soft bounces", f"{figures.soft_bounces} ({figures.soft_bounce_rate.percent()})"),
         ("Opens including clicks",
-         f"{figures.opens_including_clicks} ({figures.unique_open_rate.percent()})"),
-        ("Clicks", f"{figures.clicks}"),
-        ("Unique clickers", f"{figures.unique_clickers} "
-                            f"({figures.click_through_rate.percent()} click-through rate)"),
+         f"{figures.human.opens_including_clicks} human ({figures.human.open_rate.percent()}); "
+         f"{figures.opens_including_clicks} all hits ({figures.raw.open_rate.percent()})"),
+        ("Clicks", f"{figures.human.clicks} human; {figures.clicks} all hits"),
+        ("Unique clickers",
+         f"{figures.human.unique_clickers} human ({figures.human.click_through_rate.percent()} "
+         f"click-through rate); {figures.unique_clickers} all hits "
+         f"({figures.raw.click_through_rate.percent()})"),
         ("Unsubscriptions",
          f"{figures.unsubscriptions} ({figures.unsubscription_rate.percent()})"),
     ]

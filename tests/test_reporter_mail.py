@@ -155,7 +155,10 @@ def test_body_shows_headline_figures(published, smtp_factory, sleeps, monkeypatc
     [figures] = [r.metrics for r in published.reports if r.delivery_id == "d1"]
     assert f"Processed               {figures.processed}\n" in body
     assert f"Delivered               {figures.delivered} (" in body
-    assert f"Clicks                  {figures.clicks}\n" in body
+    assert f"Clicks                  {figures.human.clicks} human; {figures.clicks} all hits\n" in body
+    assert (f"Opens including clicks  {figures.human.opens_including_clicks} human "
+            f"({figures.human.open_rate.percent()}); {figures.opens_including_clicks} all hits"
+            ) in body
     assert "attached as delivery-d1-2026-12-03.pdf" in body
 
 
@@ -536,3 +539,4 @@ def test_cli_email_without_table_exit_78(tmp_path):
     assert result.exit_code == EXIT_CONFIG
     assert f"Error: {config}: --email needs an [email] table" in result.stderr
     assert not (tmp_path / "reports" / "2026-12-03").exists()
+
