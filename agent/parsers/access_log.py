@@ -100,9 +100,8 @@ class AccessLogParser:
         ok = np.asarray(pc.and_(pc.greater_equal(status, 200), pc.less(status, 400)).fill_null(False))
         counters["not_successful"] = int((~ok).sum())
 
-        method, target, protocol = _method_and_target(selected, escapable)
-        anomaly = _request_anomaly(target, protocol)
-        target = _normalise_targets(target)
+        method, raw_target, protocol = _method_and_target(selected, escapable)
+        target = _normalise_targets(raw_target)
         # Method masks stay in Arrow: turning the method column into Python strings would cost
         # more than the routing itself.
         method_masks: dict[tuple[str, ...], np.ndarray] = {}
@@ -127,11 +126,11 @@ class AccessLogParser:
             pieces.append(_routed_rows(route, extracted.filter(pa.array(hit)), cand_idx[hit]))
         counters["not_routed"] = int((ok & (chosen_route < 0)).sum())
 
-        return self._events(rows, pieces, selected, (method, anomaly, escapable), times, ctx, batch,
-                            counters)
+        request = (method, raw_target, protocol, escapable)
+        return self._events(rows, pieces, selected, request, times, ctx, batch, counters)
 
     def _events(self, rows, pieces, selected, request, times, ctx, batch, counters):
-        method, anomaly, escapable = request
+        method, raw_target, protocol, escapable = request
         token_rejects = [(int(rows[p]), reason) for piece in pieces
                          for p, reason in zip(piece.rejected, piece.reasons, strict=True)]
         if not pieces:
@@ -148,8 +147,11 @@ class AccessLogParser:
             "event_time": times.take(pa.array(line_rows)),
             "http_method": method.take(keep),
         }
+        # Only the lines that became events need it, so it is computed on those alone.
+        anomaly = _request_anomaly(raw_target.take(keep),
+                                   protocol.take(keep) if protocol is not None else None)
         if anomaly is not None:
-            columns["request_anomaly"] = anomaly.take(keep)
+            columns["request_anomaly"] = anomaly
         for name in ("event_type", *ID_FIELDS, "url"):
             columns[name] = pa.concat_arrays([piece.columns[name] for piece in pieces]).take(order)
         for name in ("status", "client_ip", "user_agent", "referer", "forwarded_for", "vhost",
